@@ -1,0 +1,143 @@
+//! The shared, cheap-to-clone state of every controller: client, config,
+//! metrics, Event reporter, read caches and per-object backoff.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gogrid_crds::{GpuNode, InferenceDeployment, ResourceProfile};
+use k8s_openapi::api::core::v1::Node;
+use kube::runtime::reflector::Store;
+
+use crate::config::OperatorConfig;
+use crate::events::EventReporter;
+use crate::metrics::Metrics;
+
+/// Read caches fed by watches.
+#[derive(Clone)]
+pub struct Stores {
+    /// Every Node.
+    pub nodes: Store<Node>,
+    /// Every ResourceProfile.
+    pub profiles: Store<ResourceProfile>,
+    /// Every GpuNode.
+    pub gpunodes: Store<GpuNode>,
+    /// Every InferenceDeployment.
+    pub deployments: Store<InferenceDeployment>,
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores")
+            .field("nodes", &self.nodes.len())
+            .field("profiles", &self.profiles.len())
+            .field("gpunodes", &self.gpunodes.len())
+            .field("deployments", &self.deployments.len())
+            .finish()
+    }
+}
+
+/// Everything a reconcile needs.
+#[derive(Clone)]
+pub struct Context {
+    /// API client.
+    pub client: kube::Client,
+    /// Installation settings.
+    pub config: Arc<OperatorConfig>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Event reporter.
+    pub events: EventReporter,
+    /// Read caches; `None` until the controllers start them.
+    pub stores: Option<Stores>,
+    backoff: Arc<Mutex<HashMap<String, u32>>>,
+    service_monitor_served: Arc<Mutex<Option<(Instant, bool)>>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("config", &self.config)
+            .field("stores", &self.stores)
+            .finish()
+    }
+}
+
+impl Context {
+    /// The production context.
+    pub fn new(client: kube::Client, config: Arc<OperatorConfig>, metrics: Arc<Metrics>) -> Self {
+        let events = EventReporter::new(client.clone());
+        Self {
+            client,
+            config,
+            metrics,
+            events,
+            stores: None,
+            backoff: Arc::default(),
+            service_monitor_served: Arc::default(),
+        }
+    }
+
+    /// The test twin: no Events, the given stores, default config.
+    pub fn for_tests(client: kube::Client, stores: Stores) -> Self {
+        Self {
+            client,
+            config: Arc::new(OperatorConfig::default()),
+            metrics: Arc::new(Metrics::default()),
+            events: EventReporter::disabled(),
+            stores: Some(stores),
+            backoff: Arc::default(),
+            service_monitor_served: Arc::new(Mutex::new(Some((Instant::now(), false)))),
+        }
+    }
+
+    /// The read caches. Controllers only run once they exist.
+    pub fn stores(&self) -> &Stores {
+        // Invariant: controllers::run sets the stores before any reconcile runs.
+        self.stores
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("stores are set before controllers start"))
+    }
+
+    /// Next retry delay for a failing object: 1 s doubling to 5 min.
+    pub fn next_backoff(&self, key: &str) -> Duration {
+        let mut map = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(key.to_owned()).or_insert(0);
+        *n = n.saturating_add(1);
+        Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300))
+    }
+
+    /// Forget the failures of an object after a successful reconcile.
+    pub fn reset_backoff(&self, key: &str) {
+        self.backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
+    /// Whether the API server serves `servicemonitors.monitoring.coreos.com`
+    /// (cached for a minute).
+    pub async fn service_monitor_served(&self) -> bool {
+        let cached = *self
+            .service_monitor_served
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some((at, served)) = cached
+            && at.elapsed() < Duration::from_secs(60)
+        {
+            return served;
+        }
+        let served = match kube::discovery::group(&self.client, "monitoring.coreos.com").await {
+            Ok(group) => group
+                .recommended_resources()
+                .iter()
+                .any(|(r, _)| r.plural == "servicemonitors"),
+            Err(_) => false,
+        };
+        *self
+            .service_monitor_served
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), served));
+        served
+    }
+}

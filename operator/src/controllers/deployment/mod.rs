@@ -1,0 +1,409 @@
+//! InferenceDeployment controller: placement on the profile's nodes, the traffic
+//! split, main and preview Services with their EndpointSlices, a ServiceMonitor,
+//! and status. Reconcile: validate -> place -> build -> apply -> status.
+
+pub mod apply;
+pub mod build;
+pub mod placement;
+pub mod status;
+pub mod validate;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use gogrid_crds::conditions;
+use gogrid_crds::labels::PROFILE_LABEL;
+use gogrid_crds::{GpuNode, InferenceDeployment, ResourceProfile};
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Resource, ResourceExt};
+
+use crate::context::Context;
+use crate::{Error, Result};
+
+pub(crate) const CONTROLLER: &str = "inferencedeployment";
+
+/// How often a healthy deployment is looked at again (agent heartbeats go stale
+/// without any watch event).
+const REFRESH: Duration = Duration::from_secs(30);
+
+fn refs_where(
+    store: &Store<InferenceDeployment>,
+    keep: impl Fn(&InferenceDeployment) -> bool,
+) -> Vec<ObjectRef<InferenceDeployment>> {
+    store
+        .state()
+        .iter()
+        .filter(|d| keep(d))
+        .map(|d| ObjectRef::from_obj(&**d))
+        .collect()
+}
+
+fn placed_on(d: &InferenceDeployment, node: &str) -> bool {
+    d.status
+        .iter()
+        .flat_map(|s| &s.placement)
+        .any(|p| p.node == node)
+}
+
+fn short_of_nodes(d: &InferenceDeployment) -> bool {
+    d.status
+        .as_ref()
+        .is_none_or(|s| !conditions::is_true(&s.conditions, conditions::READY))
+}
+
+/// Run until `shutdown` resolves.
+pub async fn run(
+    ctx: Context,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let controller = Controller::new(
+        Api::<InferenceDeployment>::all(client.clone()),
+        super::watcher_config(),
+    );
+    let (s1, s2, s3) = (controller.store(), controller.store(), controller.store());
+    controller
+        .owns(Api::<Service>::all(client.clone()), super::watcher_config())
+        .owns(
+            Api::<EndpointSlice>::all(client.clone()),
+            super::watcher_config(),
+        )
+        .watches(
+            Api::<GpuNode>::all(client.clone()),
+            super::watcher_config(),
+            move |g| {
+                let node = g.name_any();
+                refs_where(&s1, |d| placed_on(d, &node) || short_of_nodes(d))
+            },
+        )
+        .watches(
+            Api::<ResourceProfile>::all(client.clone()),
+            super::watcher_config(),
+            move |rp| {
+                let name = rp.name_any();
+                refs_where(&s2, |d| d.spec.profile == name)
+            },
+        )
+        .watches(
+            Api::<Node>::all(client),
+            super::watcher_config(),
+            move |n| {
+                let node = n.name_any();
+                let profile = n.labels().get(PROFILE_LABEL).cloned();
+                refs_where(&s3, |d| {
+                    placed_on(d, &node) || Some(&d.spec.profile) == profile.as_ref()
+                })
+            },
+        )
+        .with_config(
+            kube::runtime::controller::Config::default().debounce(Duration::from_millis(200)),
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, Arc::new(ctx))
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}
+
+/// Bring placement, children and status in line with the spec.
+pub async fn reconcile(infd: Arc<InferenceDeployment>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile(CONTROLLER);
+    let now = jiff::Timestamp::now();
+    let ns = infd
+        .namespace()
+        .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
+    let name = infd.name_any();
+    let reference = infd.object_ref(&());
+    let before = infd.status.clone().unwrap_or_default();
+
+    if let Err(e) = validate::validate(&infd) {
+        ctx.metrics.error(CONTROLLER, &e);
+        let status = status::invalid(&infd, &e, now);
+        if status::write(&ctx, &infd, &status).await?
+            && became_degraded(&before.conditions, &status.conditions)
+        {
+            ctx.events.error(&reference, "Validate", &e).await;
+        }
+        return Ok(Action::await_change());
+    }
+
+    let stores = ctx.stores();
+    let profile_found = stores
+        .profiles
+        .get(&ObjectRef::new(&infd.spec.profile))
+        .is_some();
+    let nodes = stores.nodes.state();
+    let gpunodes = stores.gpunodes.state();
+    let deployments = stores.deployments.state();
+    let candidates = placement::candidates(
+        &infd.spec.profile,
+        (&ns, &name),
+        &nodes,
+        &gpunodes,
+        &deployments,
+    );
+    let need = validate::vram_need(&infd)?;
+    let replicas = infd.spec.placement.as_ref().and_then(|p| p.replicas);
+    let placed = placement::place(replicas, need, &before.placement, &candidates);
+
+    let (traffic, rollout) = build::traffic(&infd);
+    let stale = ctx.config.agent_stale_seconds;
+    let mut services = Vec::new();
+    let mut slices = Vec::new();
+    let mut ready = 0;
+    for role in build::roles(&traffic) {
+        let version = match role {
+            build::Role::Main => traffic.stable_version.clone(),
+            build::Role::Preview => traffic.preview_version.clone().unwrap_or_default(),
+        };
+        let endpoints = build::endpoints(&infd, &placed.nodes, &gpunodes, &version, now, stale);
+        if role == build::Role::Main {
+            ready = i32::try_from(endpoints.iter().filter(|e| e.ready).count()).unwrap_or(i32::MAX);
+        }
+        slices.extend(build::endpoint_slices(&infd, role, &endpoints)?);
+        services.push((role, build::service(&infd, role, &ctx.config)?));
+    }
+    let service_monitor = infd
+        .spec
+        .wants_service_monitor()
+        .then(|| build::service_monitor(&infd))
+        .transpose()?;
+    let children = apply::Children {
+        services,
+        slices,
+        service_monitor,
+    };
+    apply::apply(&ctx, &infd, &children).await?;
+
+    let failures = pipeline_failures(&infd, &placed.nodes, &gpunodes);
+    let observed = status::Observed {
+        profile_found,
+        placement: placed,
+        traffic,
+        rollout,
+        ready,
+        failures,
+    };
+    let status = status::desired(&infd, &observed, now);
+    if status::write(&ctx, &infd, &status).await? {
+        announce(&ctx, &reference, &before, &status).await;
+    }
+    ctx.reset_backoff(&format!("infd/{ns}/{name}"));
+    Ok(Action::requeue(REFRESH))
+}
+
+fn pipeline_failures(
+    infd: &InferenceDeployment,
+    placement: &[gogrid_crds::inference_deployment::NodePlacement],
+    gpunodes: &[Arc<GpuNode>],
+) -> Vec<(String, String)> {
+    let ns = infd.namespace().unwrap_or_default();
+    let name = infd.name_any();
+    placement
+        .iter()
+        .filter_map(|p| {
+            let g = gpunodes.iter().find(|g| g.name_any() == p.node)?;
+            let failed = g.status.as_ref()?.pipelines.iter().find(|pl| {
+                pl.namespace == ns && pl.deployment == name && !pl.ready && pl.message.is_some()
+            })?;
+            Some((
+                p.node.clone(),
+                format!(
+                    "{}: {}",
+                    failed.version,
+                    failed.message.clone().unwrap_or_default()
+                ),
+            ))
+        })
+        .collect()
+}
+
+fn became_degraded(
+    before: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    after: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) -> bool {
+    let reason = |cs| {
+        conditions::find(cs, conditions::DEGRADED)
+            .filter(|c| c.status == "True")
+            .map(|c| c.reason.clone())
+    };
+    let now = reason(after);
+    now.is_some() && now != reason(before)
+}
+
+/// Events for what people want to hear about: a new problem, a new placement.
+async fn announce(
+    ctx: &Context,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    before: &gogrid_crds::InferenceDeploymentStatus,
+    after: &gogrid_crds::InferenceDeploymentStatus,
+) {
+    if became_degraded(&before.conditions, &after.conditions)
+        && let Some(c) = conditions::find(&after.conditions, conditions::DEGRADED)
+    {
+        ctx.events
+            .warning(reference, &c.reason, "Place", &c.message)
+            .await;
+    }
+    if before
+        .placement
+        .iter()
+        .map(|p| &p.node)
+        .ne(after.placement.iter().map(|p| &p.node))
+    {
+        let nodes: Vec<&str> = after.placement.iter().map(|p| p.node.as_str()).collect();
+        let note = if nodes.is_empty() {
+            "placed on no node".to_owned()
+        } else {
+            format!("placed on {}", nodes.join(", "))
+        };
+        ctx.events.normal(reference, "Placed", "Place", &note).await;
+    }
+}
+
+fn error_policy(infd: Arc<InferenceDeployment>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.error(CONTROLLER, error);
+    let key = format!(
+        "infd/{}/{}",
+        infd.namespace().unwrap_or_default(),
+        infd.name_any()
+    );
+    tracing::warn!(deployment = %key, error = %error.chain(), "deployment reconcile failed");
+    let events = ctx.events.clone();
+    let reference = infd.object_ref(&());
+    let note = error.chain();
+    let reason = error.reason();
+    tokio::spawn(async move { events.warning(&reference, reason, "Reconcile", &note).await });
+    super::retry_after(&ctx, &key, error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::Stores;
+    use crate::fixtures::FakeApi;
+    use gogrid_crds::ResourceProfileSpec;
+    use kube::runtime::{reflector, watcher};
+    use std::collections::BTreeMap;
+
+    fn stores(deployment: &InferenceDeployment, heartbeat: &str) -> Stores {
+        let (nodes, mut nw) = reflector::store();
+        let mut node = Node::default();
+        node.metadata.name = Some("gpu-1".into());
+        node.metadata.labels = Some(BTreeMap::from([(
+            PROFILE_LABEL.to_owned(),
+            "default".to_owned(),
+        )]));
+        nw.apply_watcher_event(&watcher::Event::Apply(node));
+        let (profiles, mut pw) = reflector::store();
+        pw.apply_watcher_event(&watcher::Event::Apply(ResourceProfile::new(
+            "default",
+            ResourceProfileSpec::default(),
+        )));
+        let (gpunodes, mut gw) = reflector::store();
+        let g = build::tests::gpunode("gpu-1", "10.244.1.2", &["v1"], heartbeat);
+        gw.apply_watcher_event(&watcher::Event::Apply((*g).clone()));
+        let (deployments, mut dw) = reflector::store();
+        dw.apply_watcher_event(&watcher::Event::Apply(deployment.clone()));
+        Stores {
+            nodes,
+            profiles,
+            gpunodes,
+            deployments,
+        }
+    }
+
+    const SVC: &str = "/api/v1/namespaces/team-a/services/chat";
+    const SLICE: &str = "/apis/discovery.k8s.io/v1/namespaces/team-a/endpointslices/chat-gogrid-0";
+    const INFD: &str = "/apis/gogrid.io/v1alpha1/namespaces/team-a/inferencedeployments/chat";
+
+    #[tokio::test]
+    async fn a_reconcile_that_changes_nothing_sends_no_write() {
+        let mut infd = build::tests::deployment("chat");
+        let api = FakeApi::default();
+        api.put(INFD, serde_json::to_value(&infd).expect("json"));
+        let heartbeat = jiff::Timestamp::now().to_string();
+        let ctx = Arc::new(Context::for_tests(api.client(), stores(&infd, &heartbeat)));
+
+        reconcile(Arc::new(infd.clone()), ctx.clone())
+            .await
+            .expect("first reconcile");
+        assert_eq!(
+            api.writes(),
+            [
+                format!("PATCH {SVC}"),
+                format!("PATCH {SLICE}"),
+                format!("PATCH {INFD}/status")
+            ],
+            "the first pass creates the Service, its EndpointSlice and the status"
+        );
+        let slice = api.get(SLICE).expect("slice");
+        assert_eq!(slice["endpoints"][0]["addresses"][0], "10.244.1.2");
+        assert_eq!(slice["endpoints"][0]["conditions"]["ready"], true);
+
+        infd.status = serde_json::from_value(api.get(INFD).expect("status")["status"].clone())
+            .expect("status");
+        let status = infd.status.clone().expect("status");
+        assert_eq!((status.replicas, status.ready_replicas), (1, 1));
+        assert!(conditions::is_true(&status.conditions, conditions::READY));
+        api.clear_requests();
+        reconcile(Arc::new(infd), ctx.clone())
+            .await
+            .expect("second reconcile");
+        assert_eq!(
+            api.writes(),
+            Vec::<String>::new(),
+            "nothing changed, nothing written"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_invalid_edit_leaves_the_serving_children_alone_and_says_why() {
+        let mut infd = build::tests::deployment("chat");
+        let api = FakeApi::default();
+        api.put(INFD, serde_json::to_value(&infd).expect("json"));
+        let heartbeat = jiff::Timestamp::now().to_string();
+        let ctx = Arc::new(Context::for_tests(api.client(), stores(&infd, &heartbeat)));
+        reconcile(Arc::new(infd.clone()), ctx.clone())
+            .await
+            .expect("first reconcile");
+        infd.status = serde_json::from_value(api.get(INFD).expect("status")["status"].clone())
+            .expect("status");
+        let slice_before = api.get(SLICE);
+
+        infd.metadata.generation = Some(2);
+        infd.spec.model.source.path = Some("/models/../../etc/shadow".into());
+        api.clear_requests();
+        let action = reconcile(Arc::new(infd), ctx)
+            .await
+            .expect("an invalid spec is a condition, not a retry");
+        assert_eq!(action, Action::await_change());
+        assert_eq!(
+            api.writes(),
+            [format!("PATCH {INFD}/status")],
+            "only the status is written"
+        );
+        assert_eq!(
+            api.get(SLICE),
+            slice_before,
+            "the EndpointSlice of the serving version is untouched"
+        );
+        let status: gogrid_crds::InferenceDeploymentStatus =
+            serde_json::from_value(api.get(INFD).expect("status")["status"].clone())
+                .expect("status");
+        let c = conditions::find(&status.conditions, conditions::DEGRADED).expect("Degraded");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "InvalidSpec")
+        );
+        assert!(
+            c.message.contains("spec.model.source.path"),
+            "{}",
+            c.message
+        );
+        assert_eq!(status.ready_replicas, 1);
+    }
+}

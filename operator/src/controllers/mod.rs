@@ -1,0 +1,129 @@
+//! Starts the controllers: waits for the CRDs, fills the read caches, then runs
+//! the node labeller, the ResourceProfile and the InferenceDeployment controllers
+//! until `stop` fires.
+
+pub mod deployment;
+pub mod node;
+pub mod profile;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::{StreamExt, future};
+use gogrid_crds::{GpuNode, InferenceDeployment, ResourceProfile};
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::runtime::{WatchStreamExt, conditions, reflector, wait::await_condition, watcher};
+use kube::{Api, Resource};
+use tokio_util::sync::CancellationToken;
+
+use crate::context::{Context, Stores};
+
+/// Watcher settings of every controller: backoff capped at a few seconds.
+pub fn watcher_config() -> watcher::Config {
+    watcher::Config::default()
+}
+
+/// A reflector store fed by a background task until `stop`.
+fn cache<K>(api: Api<K>, stop: &CancellationToken) -> reflector::Store<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher_config())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .for_each(|_| future::ready(()));
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = stream => {}
+            _ = stop.cancelled() => {}
+        }
+    });
+    reader
+}
+
+async fn wait_for_crds(client: &kube::Client, stop: &CancellationToken) -> anyhow::Result<bool> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in gogrid_crds::crdgen::crds() {
+        let name = crd.metadata.name.unwrap_or_default();
+        tracing::info!(crd = %name, "waiting for CRD to be established");
+        tokio::select! {
+            r = await_condition(api.clone(), &name, conditions::is_crd_established()) => {
+                r.with_context(|| format!("waiting for CRD {name}"))?;
+            }
+            _ = stop.cancelled() => return Ok(false),
+        }
+    }
+    Ok(true)
+}
+
+/// Run every controller until `stop` fires.
+pub async fn run(
+    mut ctx: Context,
+    stop: CancellationToken,
+    http: crate::http::State,
+) -> anyhow::Result<()> {
+    if !wait_for_crds(&ctx.client, &stop).await? {
+        return Ok(());
+    }
+    let client = ctx.client.clone();
+    let stores = Stores {
+        nodes: cache(Api::<Node>::all(client.clone()), &stop),
+        profiles: cache(Api::<ResourceProfile>::all(client.clone()), &stop),
+        gpunodes: cache(Api::<GpuNode>::all(client.clone()), &stop),
+        deployments: cache(Api::<InferenceDeployment>::all(client.clone()), &stop),
+    };
+    tokio::select! {
+        r = async {
+            stores.nodes.wait_until_ready().await?;
+            stores.profiles.wait_until_ready().await?;
+            stores.gpunodes.wait_until_ready().await?;
+            stores.deployments.wait_until_ready().await
+        } => r.context("filling the caches")?,
+        _ = stop.cancelled() => return Ok(()),
+    }
+    tracing::info!(?stores, "caches filled; starting controllers");
+    ctx.stores = Some(stores);
+    http.set_ready(true);
+
+    let shutdown = {
+        let stop = stop.clone();
+        move || {
+            let stop = stop.clone();
+            async move { stop.cancelled().await }
+        }
+    };
+    tokio::join!(
+        node::run(ctx.clone(), shutdown()),
+        profile::run(ctx.clone(), shutdown()),
+        deployment::run(ctx.clone(), shutdown()),
+    );
+    Ok(())
+}
+
+/// How long to wait before retrying a failed reconcile: invalid specs wait for a
+/// change, transient errors back off per object.
+pub fn retry_after(
+    ctx: &Context,
+    key: &str,
+    error: &crate::Error,
+) -> kube::runtime::controller::Action {
+    use kube::runtime::controller::Action;
+    if error.is_transient() {
+        Action::requeue(ctx.next_backoff(key))
+    } else {
+        Action::await_change()
+    }
+}
+
+/// Periodic resync of an object that is fine.
+pub const RESYNC: Duration = Duration::from_secs(300);

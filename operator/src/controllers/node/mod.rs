@@ -1,0 +1,88 @@
+//! Node labeller: gives each Node the label `gogrid.io/profile=<winner>` of the
+//! ResourceProfile that wins it, and removes the label when none does.
+
+pub mod assign;
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use gogrid_crds::ResourceProfile;
+use gogrid_crds::labels::{OPERATOR_MANAGER, PROFILE_LABEL};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+use crate::context::Context;
+use crate::{Error, Result};
+
+const CONTROLLER: &str = "node";
+
+/// Run until `shutdown` resolves.
+pub async fn run(
+    ctx: Context,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let profiles: Api<ResourceProfile> = Api::all(ctx.client.clone());
+    let node_store = ctx.stores().nodes.clone();
+    Controller::new(nodes, super::watcher_config())
+        .watches(profiles, super::watcher_config(), move |_profile| {
+            // Any profile change can move any node.
+            node_store
+                .state()
+                .into_iter()
+                .map(|n| ObjectRef::from_obj(&*n))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, Arc::new(ctx))
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}
+
+/// The label the node should carry, applied if it differs.
+pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile(CONTROLLER);
+    let profiles = ctx.stores().profiles.state();
+    let desired = assign::winner(node.labels(), profiles.iter().map(|p| p.as_ref()));
+    let current = node.labels().get(PROFILE_LABEL).map(String::as_str);
+    if desired == current {
+        return Ok(Action::requeue(super::RESYNC));
+    }
+    let name = node.name_any();
+    let api: Api<Node> = Api::all(ctx.client.clone());
+    match desired {
+        Some(profile) => {
+            let patch = json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": name, "labels": {PROFILE_LABEL: profile}}
+            });
+            api.patch(
+                &name,
+                &PatchParams::apply(OPERATOR_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .map_err(Error::kube(format!("labelling node {name}")))?;
+            tracing::info!(node = %name, profile, "node joined profile");
+        }
+        None => {
+            let patch = json!({"metadata": {"labels": {PROFILE_LABEL: null}}});
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(Error::kube(format!("unlabelling node {name}")))?;
+            tracing::info!(node = %name, previous = current, "node left its profile");
+        }
+    }
+    ctx.metrics.write(CONTROLLER, "Node");
+    Ok(Action::requeue(super::RESYNC))
+}
+
+fn error_policy(node: Arc<Node>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.error(CONTROLLER, error);
+    tracing::warn!(node = %node.name_any(), error = %error.chain(), "node reconcile failed");
+    super::retry_after(&ctx, &format!("node/{}", node.name_any()), error)
+}
