@@ -6,7 +6,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 
 use crate::leader::LeaderElection;
-use crate::telemetry::LogFormat;
+use gogrid_runtime::telemetry::LogFormat;
 
 /// The GoGrid operator.
 #[derive(Parser, Debug)]

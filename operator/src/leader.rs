@@ -11,7 +11,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::shutdown::Shutdown;
+use gogrid_runtime::Shutdown;
 
 /// Leader-election settings.
 #[derive(Clone, Debug)]

@@ -13,8 +13,6 @@ pub mod fixtures;
 pub mod http;
 pub mod leader;
 pub mod metrics;
-pub mod shutdown;
-pub mod telemetry;
 
 pub use config::{Cli, Command};
 pub use error::{Error, Result};
@@ -32,9 +30,11 @@ async fn run_operator(args: config::RunArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("building a Kubernetes client")?;
-    let shutdown = shutdown::Shutdown::on_signals();
+    let shutdown = gogrid_runtime::Shutdown::on_signals();
     let metrics = std::sync::Arc::new(metrics::Metrics::default());
     let state = http::State::new(metrics.clone());
+    // Every replica serves metrics; a follower is ready while it waits for the Lease.
+    state.set_ready(true);
     let http = http::serve(args.http_addr, state.clone(), shutdown.clone());
     let config = args.operator_config();
     let work = leader::run_while_leader(

@@ -8,7 +8,7 @@ use gogrid_operator::{Cli, run};
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    gogrid_operator::telemetry::init(&cli.log, cli.log_format);
+    gogrid_runtime::telemetry::init(&cli.log, cli.log_format);
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,0 +1,55 @@
+# GoGrid: every entry point a person or CI uses. `make help` lists them.
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+HELM = $(shell hack/tool.sh helm)
+HELM_UNITTEST = $(shell hack/tool.sh helm-unittest)
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+.PHONY: demo
+demo: ## The main job: local cluster, helm install, a model deployed, a canary edit, metrics
+	e2e/demo.sh
+
+.PHONY: test
+test: lint unit chart e2e ## Every test: lint, unit, chart and end-to-end
+
+.PHONY: lint
+lint: ## cargo fmt --check and clippy with warnings as errors
+	@echo "==> cargo fmt --check"
+	$(CARGO) fmt --all -- --check
+	@echo "==> cargo clippy --workspace --all-targets -- -D warnings"
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+.PHONY: unit
+unit: ## Unit and property tests of crds, runtime, operator and agent
+	@echo "==> cargo test (unit)"
+	$(CARGO) test --locked
+
+.PHONY: chart
+chart: ## helm lint, helm-unittest suites and the install.yaml drift check
+	@echo "==> helm lint charts/gogrid"
+	"$(HELM)" lint --strict --kube-version 1.34.0 charts/gogrid
+	@echo "==> helm-unittest charts/gogrid"
+	"$(HELM_UNITTEST)" charts/gogrid
+	@echo "==> manifests/install.yaml is rendered from the chart"
+	hack/render-manifests.sh --check
+
+.PHONY: e2e
+e2e: ## End-to-end tests against the local real control plane (see e2e/README.md)
+	e2e/run-tests.sh
+
+.PHONY: crds
+crds: ## Regenerate the CRD templates of the chart and manifests/install.yaml
+	$(CARGO) run --quiet -p gogrid-crds --bin crdgen
+	hack/render-manifests.sh
+
+.PHONY: build
+build: ## Build both binaries (debug)
+	$(CARGO) build --locked -p gogrid-operator -p gogrid-agent
+
+-include e2e/cluster/cluster.mk

@@ -1,0 +1,229 @@
+//! Helpers of GoGrid's end-to-end tests. The tests run against the local real
+//! control plane that `make cluster-up` starts (`e2e/.run/kubeconfig`, inside
+//! the harness's network namespace) or against any cluster that
+//! `GOGRID_E2E_KUBECONFIG` names; tests that stop and start local processes
+//! skip themselves on an external cluster.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Path of the kubeconfig of the cluster under test.
+pub fn kubeconfig_path() -> PathBuf {
+    match std::env::var_os("GOGRID_E2E_KUBECONFIG") {
+        Some(p) => PathBuf::from(p),
+        None => repo_root().join("e2e/.run/kubeconfig"),
+    }
+}
+
+/// Whether the tests run against the local harness (and may start and stop its
+/// processes) rather than an external cluster.
+pub fn is_local_harness() -> bool {
+    std::env::var_os("GOGRID_E2E_KUBECONFIG").is_none()
+}
+
+/// A client for the cluster under test, as the admin.
+pub async fn client() -> anyhow::Result<kube::Client> {
+    let path = kubeconfig_path();
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path)
+        .with_context(|| format!("reading {} (run `make cluster-up` first)", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .context("loading the kubeconfig")?;
+    kube::Client::try_from(config).context("building a client")
+}
+
+/// The output of a command, with stdout and stderr as text.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit success.
+    pub ok: bool,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Self {
+            ok: o.status.success(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    /// Fail with both streams unless the command succeeded.
+    pub fn check(self, what: &str) -> anyhow::Result<Self> {
+        if !self.ok {
+            bail!(
+                "{what} failed:\nstdout: {}\nstderr: {}",
+                self.stdout,
+                self.stderr
+            );
+        }
+        Ok(self)
+    }
+}
+
+fn run(mut cmd: Command) -> anyhow::Result<Run> {
+    cmd.current_dir(repo_root());
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    Ok(out.into())
+}
+
+/// `kubectl` against the cluster under test (the binary named by
+/// `GOGRID_E2E_KUBECTL`, default `kubectl` on PATH).
+pub fn kubectl(args: &[&str]) -> anyhow::Result<Run> {
+    let bin = std::env::var("GOGRID_E2E_KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    let mut cmd = Command::new(bin);
+    cmd.arg("--kubeconfig").arg(kubeconfig_path()).args(args);
+    run(cmd)
+}
+
+/// `helm` against the cluster under test (`GOGRID_E2E_HELM`, default `helm`).
+pub fn helm(args: &[&str]) -> anyhow::Result<Run> {
+    let bin = std::env::var("GOGRID_E2E_HELM").unwrap_or_else(|_| "helm".into());
+    let mut cmd = Command::new(bin);
+    cmd.arg("--kubeconfig").arg(kubeconfig_path()).args(args);
+    run(cmd)
+}
+
+/// Drive the local harness (`e2e/cluster/ctl.sh`): restart a component, start
+/// a second operator replica, add a node back.
+pub fn ctl(args: &[&str]) -> anyhow::Result<Run> {
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo_root().join("e2e/cluster/ctl.sh")).args(args);
+    run(cmd)?.check(&format!("ctl.sh {}", args.join(" ")))
+}
+
+/// Poll `probe` until it returns `Some`, or fail after `timeout` naming `what`
+/// and the last thing the probe said.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let start = Instant::now();
+    loop {
+        let last = match probe().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => "not yet".to_owned(),
+            Err(e) => format!("{e:#}"),
+        };
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}; last: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A namespace of one test, deleted by [`TestNamespace::cleanup`].
+#[derive(Debug)]
+pub struct TestNamespace {
+    /// Its name.
+    pub name: String,
+}
+
+impl TestNamespace {
+    /// Create `gg-e2e-<prefix>-<random>`.
+    pub async fn create(client: &kube::Client, prefix: &str) -> anyhow::Result<Self> {
+        use k8s_openapi::api::core::v1::Namespace;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let suffix = format!("{:06x}", nanos ^ std::process::id());
+        let name = format!("gg-e2e-{prefix}-{}", &suffix[..suffix.len().min(6)]);
+        let api: kube::Api<Namespace> = kube::Api::all(client.clone());
+        let mut ns = Namespace::default();
+        ns.metadata.name = Some(name.clone());
+        api.create(&Default::default(), &ns)
+            .await
+            .with_context(|| format!("creating namespace {name}"))?;
+        Ok(Self { name })
+    }
+
+    /// Delete the namespace (the API server removes what is in it).
+    pub async fn cleanup(self, client: &kube::Client) -> anyhow::Result<()> {
+        use k8s_openapi::api::core::v1::Namespace;
+        let api: kube::Api<Namespace> = kube::Api::all(client.clone());
+        api.delete(&self.name, &Default::default())
+            .await
+            .map(|_| ())
+            .with_context(|| format!("deleting namespace {}", self.name))
+    }
+}
+
+/// Set (or with `None` remove) a label on a node.
+pub async fn label_node(
+    client: &kube::Client,
+    node: &str,
+    key: &str,
+    value: Option<&str>,
+) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Node;
+    let api: kube::Api<Node> = kube::Api::all(client.clone());
+    let patch = serde_json::json!({"metadata": {"labels": {key: value}}});
+    api.patch(
+        node,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .with_context(|| format!("labelling node {node} {key}={value:?}"))?;
+    Ok(())
+}
+
+/// Names of the fake nodes of the local harness (`gg-node-1..N`), or of every
+/// node of an external cluster.
+pub async fn node_names(client: &kube::Client) -> anyhow::Result<Vec<String>> {
+    use k8s_openapi::api::core::v1::Node;
+    let api: kube::Api<Node> = kube::Api::all(client.clone());
+    let mut names: Vec<String> = api
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// The namespace the chart is installed in.
+pub fn release_namespace() -> String {
+    std::env::var("GOGRID_E2E_NAMESPACE").unwrap_or_else(|_| "gogrid-system".into())
+}
+
+/// Nodes running a Running agent pod of `profile`, sorted.
+pub async fn agent_nodes(client: &kube::Client, profile: &str) -> anyhow::Result<Vec<String>> {
+    use k8s_openapi::api::core::v1::Pod;
+    let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), &release_namespace());
+    let lp = kube::api::ListParams::default().labels(&format!(
+        "app.kubernetes.io/component=agent,gogrid.io/profile={profile}"
+    ));
+    let mut nodes: Vec<String> = api
+        .list(&lp)
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .filter_map(|p| p.spec.and_then(|s| s.node_name))
+        .collect();
+    nodes.sort();
+    Ok(nodes)
+}

@@ -1,0 +1,101 @@
+//! Command line and environment of `gogrid-agent`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use gogrid_runtime::telemetry::LogFormat;
+
+/// The GoGrid node agent.
+#[derive(Parser, Debug)]
+#[command(name = "gogrid-agent", version, about)]
+pub struct Cli {
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "GOGRID_LOG", default_value = "info", global = true)]
+    pub log: String,
+    /// Log format.
+    #[arg(long, env = "GOGRID_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain, global = true)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run as the agent of one Kubernetes node (what the DaemonSet runs).
+    Run(RunArgs),
+}
+
+/// Settings of `gogrid-agent run`.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Name of the node this agent owns.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// Name of the agent pod.
+    #[arg(long, env = "POD_NAME", default_value = "")]
+    pub pod_name: String,
+    /// IP of the agent pod (EndpointSlices point here).
+    #[arg(long, env = "POD_IP", default_value = "")]
+    pub pod_ip: String,
+    /// The node's ResourceProfile.
+    #[arg(long, env = "GOGRID_PROFILE")]
+    pub profile: Option<String>,
+    /// Address of the REST inference endpoint.
+    #[arg(long, env = "GOGRID_HTTP_ADDR", default_value = "127.0.0.1:8000")]
+    pub http_addr: SocketAddr,
+    /// Address of the gRPC inference endpoint.
+    #[arg(long, env = "GOGRID_GRPC_ADDR", default_value = "127.0.0.1:8001")]
+    pub grpc_addr: SocketAddr,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "GOGRID_METRICS_ADDR", default_value = "127.0.0.1:8002")]
+    pub metrics_addr: SocketAddr,
+    /// Declared GPU inventory instead of NVML, e.g. `2x24Gi` or `24Gi,16Gi`. The
+    /// GpuNode is then marked simulated. For tests and demos on machines without GPUs.
+    #[arg(long, env = "GOGRID_SIMULATE_GPUS")]
+    pub simulate_gpus: Option<String>,
+    /// Seconds between heartbeats of the GpuNode status when nothing changes.
+    #[arg(long, env = "GOGRID_HEARTBEAT_SECONDS", default_value_t = 30)]
+    pub heartbeat_seconds: u64,
+}
+
+/// Who this agent is, as written into its GpuNode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// Node name.
+    pub node: String,
+    /// Pod name.
+    pub pod: String,
+    /// Pod IP.
+    pub pod_ip: String,
+    /// Profile name.
+    pub profile: Option<String>,
+    /// REST port.
+    pub http_port: u16,
+    /// gRPC port.
+    pub grpc_port: u16,
+    /// Metrics port.
+    pub metrics_port: u16,
+}
+
+impl RunArgs {
+    /// The identity of this agent.
+    pub fn identity(&self) -> Identity {
+        Identity {
+            node: self.node_name.clone(),
+            pod: self.pod_name.clone(),
+            pod_ip: self.pod_ip.clone(),
+            profile: self.profile.clone(),
+            http_port: self.http_addr.port(),
+            grpc_port: self.grpc_addr.port(),
+            metrics_port: self.metrics_addr.port(),
+        }
+    }
+
+    /// The heartbeat interval.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_seconds.max(1))
+    }
+}

@@ -1,0 +1,258 @@
+//! Reports the node in its GpuNode: created once with the Node as owner (so it
+//! goes with the node), its status written when something changed and on a
+//! slow heartbeat, never more than once per change.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use gogrid_crds::gpu_node::{AgentInfo, GpuNodeSpec, GpuNodeStatus};
+use gogrid_crds::labels::AGENT_MANAGER;
+use gogrid_crds::{EffectivePolicy, GpuNode};
+use gogrid_runtime::Shutdown;
+use gogrid_runtime::http::Readiness;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::config::Identity;
+use crate::gpu::{Inventory, none::host_memory_bytes};
+use crate::metrics::Metrics;
+use crate::policy::budget::budgets;
+
+/// How often the GPU inventory is read.
+const POLL: Duration = Duration::from_secs(5);
+
+/// Writes this node's GpuNode.
+pub struct Reporter {
+    client: kube::Client,
+    identity: Identity,
+    inventory: Box<dyn Inventory>,
+    metrics: Arc<Metrics>,
+}
+
+/// The status this agent reports, heartbeat aside.
+pub fn status(
+    identity: &Identity,
+    inventory: &dyn Inventory,
+    policy: Option<&EffectivePolicy>,
+    host_memory: i64,
+) -> anyhow::Result<GpuNodeStatus> {
+    let gpus = inventory.read().context("reading the GPU inventory")?;
+    let budget = budgets(&gpus, host_memory, policy);
+    Ok(GpuNodeStatus {
+        agent: Some(AgentInfo {
+            pod_name: identity.pod.clone(),
+            pod_ip: identity.pod_ip.clone(),
+            http_port: i32::from(identity.http_port),
+            grpc_port: i32::from(identity.grpc_port),
+            metrics_port: i32::from(identity.metrics_port),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            device: inventory.device().to_owned(),
+        }),
+        profile: identity.profile.clone(),
+        simulated: inventory.simulated(),
+        gpu_count: i32::try_from(gpus.len()).unwrap_or(i32::MAX),
+        gpus,
+        policy: policy.cloned(),
+        budget: Some(budget),
+        pipeline_count: 0,
+        pipelines: Vec::new(),
+        heartbeat_time: None,
+        conditions: Vec::new(),
+    })
+}
+
+impl std::fmt::Debug for Reporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reporter")
+            .field("identity", &self.identity)
+            .field("inventory", &self.inventory)
+            .finish()
+    }
+}
+
+impl Reporter {
+    /// A reporter for this node.
+    pub fn new(
+        client: kube::Client,
+        identity: Identity,
+        inventory: Box<dyn Inventory>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            client,
+            identity,
+            inventory,
+            metrics,
+        }
+    }
+
+    async fn ensure_object(&self) -> anyhow::Result<()> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let node = nodes
+            .get(&self.identity.node)
+            .await
+            .with_context(|| format!("reading Node {}", self.identity.node))?;
+        let uid = node.metadata.uid.context("Node has no uid")?;
+        let owner = OwnerReference {
+            api_version: "v1".into(),
+            kind: "Node".into(),
+            name: self.identity.node.clone(),
+            uid,
+            ..Default::default()
+        };
+        let mut object = GpuNode::new(
+            &self.identity.node,
+            GpuNodeSpec {
+                node_name: self.identity.node.clone(),
+            },
+        );
+        object.metadata.owner_references = Some(vec![owner]);
+        let api: Api<GpuNode> = Api::all(self.client.clone());
+        api.patch(
+            &self.identity.node,
+            &PatchParams::apply(AGENT_MANAGER).force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .with_context(|| format!("creating GpuNode {}", self.identity.node))?;
+        Ok(())
+    }
+
+    async fn write(&self, status: &GpuNodeStatus) -> anyhow::Result<()> {
+        let mut status = status.clone();
+        status.heartbeat_time = Some(Time(jiff::Timestamp::now()));
+        let api: Api<GpuNode> = Api::all(self.client.clone());
+        let patch =
+            json!({"apiVersion": "gogrid.io/v1alpha1", "kind": "GpuNode", "status": status});
+        api.patch_status(
+            &self.identity.node,
+            &PatchParams::apply(AGENT_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .with_context(|| format!("writing GpuNode {} status", self.identity.node))?;
+        self.metrics.gpunode_writes.inc();
+        Ok(())
+    }
+
+    /// Report until shutdown.
+    pub async fn run(
+        self,
+        mut policy: watch::Receiver<Option<EffectivePolicy>>,
+        heartbeat: Duration,
+        ready: Readiness,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<()> {
+        let mut backoff = Duration::from_secs(1);
+        while let Err(e) = self.ensure_object().await {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "cannot create the GpuNode yet; retrying"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(Duration::from_secs(30)),
+                _ = shutdown.wait() => return Ok(()),
+            }
+        }
+        let host_memory = host_memory_bytes();
+        let mut last: Option<GpuNodeStatus> = None;
+        let mut last_write = tokio::time::Instant::now();
+        let mut poll = tokio::time::interval(POLL);
+        loop {
+            let current = policy.borrow_and_update().clone();
+            match status(
+                &self.identity,
+                self.inventory.as_ref(),
+                current.as_ref(),
+                host_memory,
+            ) {
+                Ok(desired) => {
+                    self.metrics.observe(&desired);
+                    let due = last_write.elapsed() >= heartbeat;
+                    if last.as_ref() != Some(&desired) || due {
+                        match self.write(&desired).await {
+                            Ok(()) => {
+                                if last.as_ref() != Some(&desired) {
+                                    tracing::info!(gpus = desired.gpu_count, budget = ?desired.budget.as_ref().map(|b| &b.vram_budget_human), "reported GpuNode");
+                                }
+                                last = Some(desired);
+                                last_write = tokio::time::Instant::now();
+                                ready.set(true);
+                            }
+                            Err(e) => tracing::warn!(
+                                error = format!("{e:#}"),
+                                "GpuNode write failed; will retry"
+                            ),
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = format!("{e:#}"), "GPU inventory unreadable"),
+            }
+            tokio::select! {
+                changed = policy.changed() => if changed.is_err() { shutdown.wait().await; return Ok(()) },
+                _ = poll.tick() => {}
+                _ = shutdown.wait() => return Ok(()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::declared::Declared;
+    use gogrid_crds::Preset;
+    use gogrid_crds::policy::preset_policy;
+
+    fn identity() -> Identity {
+        Identity {
+            node: "gg-node-1".into(),
+            pod: "gogrid-agent-default-x".into(),
+            pod_ip: "10.244.1.2".into(),
+            profile: Some("default".into()),
+            http_port: 8000,
+            grpc_port: 8001,
+            metrics_port: 8002,
+        }
+    }
+
+    #[test]
+    fn a_declared_inventory_is_reported_as_simulated_with_the_budget_in_force() {
+        let inv = Declared::parse("2x24Gi").expect("inventory");
+        let p = preset_policy(Preset::Default);
+        let s = status(&identity(), &inv, Some(&p), 0).expect("status");
+        assert!(s.simulated);
+        assert_eq!(s.gpu_count, 2);
+        let agent = s.agent.expect("agent");
+        assert_eq!(
+            (agent.pod_ip.as_str(), agent.http_port, agent.metrics_port),
+            ("10.244.1.2", 8000, 8002)
+        );
+        let budget = s.budget.expect("budget");
+        assert_eq!(budget.devices.len(), 2);
+        assert_eq!(budget.vram_budget_bytes, 2 * ((24i64 << 30) * 70 / 100));
+        assert_eq!(s.policy.map(|p| p.preset_in_force), Some(Preset::Default));
+    }
+
+    #[test]
+    fn the_same_inputs_give_the_same_status_so_nothing_is_rewritten() {
+        let inv = Declared::parse("24Gi").expect("inventory");
+        let p = preset_policy(Preset::Aggressive);
+        let a = status(&identity(), &inv, Some(&p), 0).expect("a");
+        let b = status(&identity(), &inv, Some(&p), 0).expect("b");
+        assert_eq!(a, b);
+        let c = status(
+            &identity(),
+            &inv,
+            Some(&preset_policy(Preset::Conservative)),
+            0,
+        )
+        .expect("c");
+        assert_ne!(a, c, "a policy change is a change");
+    }
+}

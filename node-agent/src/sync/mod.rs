@@ -1,0 +1,5 @@
+//! The agent's link to the API server: follow the node's ResourceProfile, and
+//! report the node in its GpuNode.
+
+pub mod gpunode;
+pub mod profile;
