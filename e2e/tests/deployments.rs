@@ -82,7 +82,13 @@ async fn deployments_are_packed_by_the_reported_budgets_and_say_when_nothing_fit
     let client = client().await?;
     budgets_reported(&client).await?;
     let ns = TestNamespace::create(&client, "place").await?;
-    let api: Api<InferenceDeployment> = Api::namespaced(client.clone(), &ns.name);
+    let result = packing(&client, &ns.name).await;
+    ns.cleanup(&client).await?;
+    result
+}
+
+async fn packing(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
+    let api: Api<InferenceDeployment> = Api::namespaced(client.clone(), ns);
 
     // Each node offers 2 x 70% x 24Gi = 33.6Gi. `first` takes 20Gi on two nodes;
     // `second` then fits only on the third node.
@@ -151,7 +157,7 @@ async fn deployments_are_packed_by_the_reported_budgets_and_say_when_nothing_fit
         ),
         ("v1", Some("v2"), 10)
     );
-    let table = kubectl(&["get", "infd", "first", "-n", &ns.name])?
+    let table = kubectl(&["get", "infd", "first", "-n", ns])?
         .check("kubectl get infd")?
         .stdout;
     let header: Vec<&str> = table
@@ -179,7 +185,7 @@ async fn deployments_are_packed_by_the_reported_budgets_and_say_when_nothing_fit
         Some(&"Canary"),
         "{table}"
     );
-    ns.cleanup(&client).await
+    Ok(())
 }
 
 #[tokio::test]
@@ -187,9 +193,15 @@ async fn services_follow_the_rollout_and_deleting_the_deployment_removes_them() 
 {
     let client = client().await?;
     let ns = TestNamespace::create(&client, "svc").await?;
-    let api: Api<InferenceDeployment> = Api::namespaced(client.clone(), &ns.name);
-    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
-    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns.name);
+    let result = services_and_cleanup(&client, &ns.name).await;
+    ns.cleanup(&client).await?;
+    result
+}
+
+async fn services_and_cleanup(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
+    let api: Api<InferenceDeployment> = Api::namespaced(client.clone(), ns);
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
 
     let mut d = deployment("chat", 1, "1Gi")?;
     d.spec.rollout = Some(serde_json::from_value(json!({
@@ -282,5 +294,5 @@ async fn services_follow_the_rollout_and_deleting_the_deployment_removes_them() 
         },
     )
     .await?;
-    ns.cleanup(&client).await
+    Ok(())
 }

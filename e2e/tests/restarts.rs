@@ -43,7 +43,17 @@ async fn work_submitted_while_the_operator_and_the_api_server_restart_converges(
     ctl(&["restart", "apiserver"])?;
     let client = client_again().await?;
     let ns = TestNamespace::create(&client, "restart").await?;
-    let api: Api<InferenceDeployment> = Api::namespaced(client.clone(), &ns.name);
+    let result = deploy_after_restart(&client, &ns.name).await;
+    let profiles: Api<ResourceProfile> = Api::all(client.clone());
+    profiles
+        .delete("e2e-restart", &DeleteParams::default())
+        .await?;
+    ns.cleanup(&client).await?;
+    result
+}
+
+async fn deploy_after_restart(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
+    let api: Api<InferenceDeployment> = Api::namespaced(client.clone(), ns);
     let d: InferenceDeployment = serde_json::from_value(json!({
         "apiVersion": "gogrid.io/v1alpha1", "kind": "InferenceDeployment",
         "metadata": {"name": "after-restart"},
@@ -60,11 +70,7 @@ async fn work_submitted_while_the_operator_and_the_api_server_restart_converges(
         },
     )
     .await?;
-    let profiles: Api<ResourceProfile> = Api::all(client.clone());
-    profiles
-        .delete("e2e-restart", &DeleteParams::default())
-        .await?;
-    ns.cleanup(&client).await
+    Ok(())
 }
 
 async fn client_again() -> anyhow::Result<kube::Client> {

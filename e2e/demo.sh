@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# `make demo`: GoGrid on a real local control plane, the way a user meets it.
+#   1. the cluster: etcd, kube-apiserver, controller-manager, scheduler, kwok
+#      with fake GPU nodes, and the chart installed with helm (make cluster-up)
+#   2. the nodes join the `default` preset; agents report their GPUs
+#   3. an InferenceDeployment with a canary is applied and placed
+#   4. the canary weight is edited and the split in force follows
+#   5. the operator's and an agent's metrics are scraped
+# Then it prints where to look. The cluster keeps running: make cluster-down.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+k() { e2e/bin/kubectl "$@"; }
+step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+wait_until() { # <what> <seconds> <command...>
+  local what=$1 limit=$2; shift 2
+  local start=$SECONDS
+  until "$@" >/dev/null 2>&1; do
+    (( SECONDS - start < limit )) || { echo "timed out waiting for $what" >&2; return 1; }
+    printf '.'; sleep 2
+  done
+  printf ' %s (%ds)\n' "$what" $(( SECONDS - start ))
+}
+
+step "1/5 starting the local cluster and installing the chart (make cluster-up; the first run builds Kubernetes from source)"
+make --no-print-directory cluster-up
+
+step "2/5 the fake GPU nodes join the preset profile 'default'"
+for n in $(k get nodes -o name); do k label --overwrite "$n" gogrid.io/preset=default >/dev/null; done
+wait_until "every node has a GpuNode with a budget" 180 \
+  bash -c '[ "$(e2e/bin/kubectl get gpunodes -o jsonpath="{range .items[*]}{.status.budget.vramBudgetBytes}{\"\n\"}{end}" | grep -c "^[1-9]")" -ge "$(e2e/bin/kubectl get nodes -o name | wc -l)" ]'
+k get nodes -L gogrid.io/profile
+k get rp
+k get gpunodes
+
+step "3/5 kubectl apply -f manifests/examples/inferencedeployment-canary.yaml (namespace demo)"
+k create namespace demo --dry-run=client -o yaml | k apply -f - >/dev/null
+k apply -n demo -f manifests/examples/inferencedeployment-canary.yaml
+wait_until "smollm2 placed" 120 bash -c '[ "$(e2e/bin/kubectl get infd smollm2 -n demo -o jsonpath={.status.replicas})" -ge 1 ]'
+k get infd -n demo
+k get svc,endpointslices -n demo
+
+step "4/5 the canary edit: weight 10 -> 50"
+k patch infd smollm2 -n demo --type merge -p '{"spec":{"rollout":{"canary":{"weight":50}}}}'
+wait_until "split in force is 50%" 60 bash -c '[ "$(e2e/bin/kubectl get infd smollm2 -n demo -o jsonpath={.status.traffic.canaryWeight})" = 50 ]'
+k get infd -n demo
+echo "status.traffic: $(k get infd smollm2 -n demo -o jsonpath='{.status.traffic}')"
+echo "(Traffic through the agents' in-process router arrives with the serving issue; the split above is what they are told to route.)"
+
+step "5/5 metrics"
+ip netns exec gg-cp curl -s http://10.244.0.1:8080/metrics | grep -E '^gogrid_operator_(reconciles_total|api_writes_total|leader)' | head -12
+agent_ip=$(k get gpunodes -o jsonpath='{.items[0].status.agent.podIP}')
+agent_node=$(k get gpunodes -o jsonpath='{.items[0].metadata.name}')
+ip netns exec "$agent_node" curl -s "http://$agent_ip:8002/metrics" | grep -E '^gogrid_agent_' | head -12
+
+cat <<TXT
+
+Where to look:
+  e2e/bin/kubectl get infd -A -w                    # ready replicas, weight, phase
+  e2e/bin/kubectl describe infd smollm2 -n demo     # conditions and Events
+  e2e/bin/kubectl get rp,gpunodes                   # profiles, nodes' GPUs and budgets
+  e2e/bin/kubectl patch infd smollm2 -n demo --type merge -p '{"spec":{"rollout":{"canary":{"weight":100}}}}'
+  operator metrics: ip netns exec gg-cp curl http://10.244.0.1:8080/metrics
+  agent metrics:    ip netns exec $agent_node curl http://$agent_ip:8002/metrics
+  logs:             e2e/.run/logs/
+  stop it all:      make cluster-down
+TXT

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# `make e2e`: the end-to-end tests against a real local control plane.
+#   1. builds the binaries and the test binaries (outside the network namespaces)
+#   2. starts the cluster without GoGrid and runs the fresh-cluster test
+#      (kubectl apply -f manifests/install.yaml), which cleans up after itself
+#   3. installs the chart with helm and starts operator and agents (install.sh)
+#   4. runs every other test binary, one at a time (they share the cluster)
+#   5. stops the cluster (GOGRID_E2E_KEEP=1 keeps it for a look)
+# With GOGRID_E2E_KUBECONFIG set it runs the tests against that cluster instead,
+# skipping what needs local processes.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+step() { printf '\n==> %s\n' "$*"; }
+tests=(catalogue helm profiles gpunodes deployments restarts leader)
+
+step "building gogrid-operator, gogrid-agent and the e2e tests"
+cargo build --locked -p gogrid-operator -p gogrid-agent
+cargo test --locked -p gogrid-e2e --no-run
+
+if [ -n "${GOGRID_E2E_KUBECONFIG:-}" ]; then
+  for t in "${tests[@]}"; do
+    step "e2e test $t (against $GOGRID_E2E_KUBECONFIG)"
+    cargo test --locked -p gogrid-e2e --test "$t" -- --test-threads=1
+  done
+  exit 0
+fi
+
+[ "$(id -u)" = 0 ] || { echo "make e2e: the local harness needs root (network namespaces)" >&2; exit 1; }
+helm=$(hack/tool.sh helm)
+if [ "${GOGRID_E2E_KEEP:-}" != 1 ]; then trap 'step "stopping the cluster"; e2e/cluster/down.sh' EXIT; fi
+
+# The tests run inside the control-plane namespace, where the apiserver is.
+in_cp() { ip netns exec gg-cp env GOGRID_E2E_HELM="$helm" GOGRID_E2E_KUBECTL=kubectl "$@"; }
+run_test() { # <name> [env...]
+  local name=$1; shift
+  step "e2e test $name"
+  in_cp "$@" cargo test --locked --offline -p gogrid-e2e --test "$name" -- --test-threads=1
+}
+
+step "starting a fresh cluster"
+e2e/cluster/down.sh
+GOGRID_SKIP_INSTALL=1 e2e/cluster/up.sh
+run_test plain_install GOGRID_E2E_FRESH=1
+
+step "installing the chart, the operator and the agents"
+e2e/cluster/install.sh
+for n in $(e2e/bin/kubectl get nodes -o name); do e2e/bin/kubectl label --overwrite "$n" gogrid.io/preset=default >/dev/null; done
+
+for t in "${tests[@]}"; do run_test "$t"; done
+step "every e2e test passed"
