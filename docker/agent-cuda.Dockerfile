@@ -34,10 +34,15 @@ COPY . .
 # for the compute capability; this says it.
 ARG CUDA_COMPUTE_CAP=80
 ENV CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP}
+# Cargo features of the agent. The `cuda` feature (candle's CUDA kernels and
+# cudarc) arrives with the model pipelines; until then the image is the agent
+# on the CUDA runtime base, and this stays empty. Set it with
+# --build-arg AGENT_FEATURES=cuda once the feature exists.
+ARG AGENT_FEATURES=""
 RUN --mount=type=cache,id=gogrid-cargo-registry,target=/usr/local/cargo/registry \
     --mount=type=cache,id=gogrid-cargo-git,target=/usr/local/cargo/git \
     --mount=type=cache,id=gogrid-target-agent-cuda,target=/src/target \
-    cargo build --release --locked -p gogrid-agent --features cuda \
+    cargo build --release --locked -p gogrid-agent ${AGENT_FEATURES:+--features "$AGENT_FEATURES"} \
  && install -D -m 0755 target/release/gogrid-agent /out/gogrid-agent
 
 FROM nvidia/cuda:${CUDA_VERSION}-runtime-ubuntu22.04

@@ -244,6 +244,34 @@ async fn services_and_cleanup(client: &kube::Client, ns: &str) -> anyhow::Result
         },
     )
     .await?;
+    // A client resolves the Service through its EndpointSlice and reaches a live
+    // agent at the pod IP (inside the node's network namespace).
+    let slice = slices
+        .list(&ListParams::default().labels("kubernetes.io/service-name=chat"))
+        .await?
+        .items
+        .into_iter()
+        .find(|s| !s.endpoints.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("the EndpointSlice went away"))?;
+    let address = slice.endpoints[0].addresses[0].clone();
+    let port = slice
+        .ports
+        .unwrap_or_default()
+        .into_iter()
+        .find(|p| p.name.as_deref() == Some("metrics"))
+        .and_then(|p| p.port)
+        .ok_or_else(|| anyhow::anyhow!("no metrics port in the slice"))?;
+    if gogrid_e2e::is_local_harness() {
+        let url = format!("http://{address}:{port}/healthz");
+        let out = std::process::Command::new("curl")
+            .args(["-sf", "--max-time", "5", &url])
+            .output()?;
+        assert!(
+            out.status.success(),
+            "the agent behind the Service answers at {url}"
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "ok");
+    }
     let phase = settled(&api, "chat")
         .await?
         .status

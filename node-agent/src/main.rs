@@ -8,12 +8,6 @@ use gogrid_agent::{Cli, run};
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    gogrid_runtime::telemetry::init(&cli.log, cli.log_format);
-    match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "agent stopped");
-            ExitCode::FAILURE
-        }
-    }
+    cli.logging.init();
+    gogrid_runtime::telemetry::exit_code(run(cli).await, "gogrid-agent")
 }

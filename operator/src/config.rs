@@ -6,18 +6,15 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 
 use crate::leader::LeaderElection;
-use gogrid_runtime::telemetry::LogFormat;
+use gogrid_runtime::telemetry::LogArgs;
 
 /// The GoGrid operator.
 #[derive(Parser, Debug)]
 #[command(name = "gogrid-operator", version, about)]
 pub struct Cli {
-    /// Log filter (tracing EnvFilter syntax).
-    #[arg(long, env = "GOGRID_LOG", default_value = "info", global = true)]
-    pub log: String,
-    /// Log format.
-    #[arg(long, env = "GOGRID_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain, global = true)]
-    pub log_format: LogFormat,
+    /// Logging.
+    #[command(flatten)]
+    pub logging: LogArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
