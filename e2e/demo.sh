@@ -48,10 +48,10 @@ echo "status.traffic: $(k get infd smollm2 -n demo -o jsonpath='{.status.traffic
 echo "(Traffic through the agents' in-process router arrives with the serving issue; the split above is what they are told to route.)"
 
 step "5/5 metrics"
-ip netns exec gg-cp curl -s http://10.244.0.1:8080/metrics | grep -E '^gogrid_operator_(reconciles_total|api_writes_total|leader)' | head -12
+ip netns exec gg-cp curl -s http://10.244.0.1:8080/metrics | grep -E '^gogrid_operator_(reconciles_total|api_writes_total|leader)' | sed -n 1,12p
 agent_ip=$(k get gpunodes -o jsonpath='{.items[0].status.agent.podIP}')
 agent_node=$(k get gpunodes -o jsonpath='{.items[0].metadata.name}')
-ip netns exec "$agent_node" curl -s "http://$agent_ip:8002/metrics" | grep -E '^gogrid_agent_' | head -12
+ip netns exec "$agent_node" curl -s "http://$agent_ip:8002/metrics" | grep -E '^gogrid_agent_' | sed -n 1,12p
 
 cat <<TXT
 

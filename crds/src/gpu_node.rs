@@ -78,7 +78,7 @@ pub struct AgentInfo {
     #[serde(default)]
     pub pod_name: String,
     /// Agent pod IP; EndpointSlices point here.
-    #[serde(default)]
+    #[serde(default, rename = "podIP")]
     pub pod_ip: String,
     /// HTTP (REST) port of the agent.
     #[serde(default)]

@@ -236,7 +236,15 @@ mod tests {
         let budget = s.budget.expect("budget");
         assert_eq!(budget.devices.len(), 2);
         assert_eq!(budget.vram_budget_bytes, 2 * ((24i64 << 30) * 70 / 100));
-        assert_eq!(s.policy.map(|p| p.preset_in_force), Some(Preset::Default));
+        assert_eq!(
+            s.policy.clone().map(|p| p.preset_in_force),
+            Some(Preset::Default)
+        );
+        let json = serde_json::to_value(&s).expect("json");
+        assert_eq!(
+            json["agent"]["podIP"], "10.244.1.2",
+            "Kubernetes spells it podIP, as Pod status does"
+        );
     }
 
     #[test]
