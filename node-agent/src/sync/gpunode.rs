@@ -226,6 +226,11 @@ mod tests {
         let inv = Declared::parse("2x24Gi").expect("inventory");
         let p = preset_policy(Preset::Default);
         let s = status(&identity(), &inv, Some(&p), 0).expect("status");
+        let json = serde_json::to_value(&s).expect("json");
+        assert_eq!(
+            json["agent"]["podIP"], "10.244.1.2",
+            "Kubernetes spells it podIP, as Pod status does"
+        );
         assert!(s.simulated);
         assert_eq!(s.gpu_count, 2);
         let agent = s.agent.expect("agent");
@@ -236,15 +241,7 @@ mod tests {
         let budget = s.budget.expect("budget");
         assert_eq!(budget.devices.len(), 2);
         assert_eq!(budget.vram_budget_bytes, 2 * ((24i64 << 30) * 70 / 100));
-        assert_eq!(
-            s.policy.clone().map(|p| p.preset_in_force),
-            Some(Preset::Default)
-        );
-        let json = serde_json::to_value(&s).expect("json");
-        assert_eq!(
-            json["agent"]["podIP"], "10.244.1.2",
-            "Kubernetes spells it podIP, as Pod status does"
-        );
+        assert_eq!(s.policy.map(|p| p.preset_in_force), Some(Preset::Default));
     }
 
     #[test]
