@@ -2,7 +2,21 @@
 //! with a message naming the field: schema bounds and enums, CEL rules, strict
 //! field validation.
 
-use gogrid_e2e::{kubectl, repo_root};
+use gogrid_e2e::{Run, kubectl, repo_root};
+
+/// What the API server says to a manifest, without storing it: server-side dry
+/// run with strict field validation, as `kubectl apply` does by default.
+fn dry_run_apply(path: &str) -> anyhow::Result<Run> {
+    kubectl(&[
+        "apply",
+        "--dry-run=server",
+        "--validate=strict",
+        "-n",
+        "default",
+        "-f",
+        path,
+    ])
+}
 
 #[test]
 fn every_invalid_manifest_is_refused_by_the_api_server_with_the_field_named() -> anyhow::Result<()>
@@ -26,15 +40,7 @@ fn every_invalid_manifest_is_refused_by_the_api_server_with_the_field_named() ->
             .find_map(|l| l.strip_prefix("# expect: "))
             .ok_or_else(|| anyhow::anyhow!("{} has no '# expect:' line", file.display()))?;
         let path = file.to_string_lossy();
-        let out = kubectl(&[
-            "apply",
-            "--dry-run=server",
-            "--validate=strict",
-            "-n",
-            "default",
-            "-f",
-            &path,
-        ])?;
+        let out = dry_run_apply(&path)?;
         let name = file
             .file_name()
             .unwrap_or_default()
@@ -66,15 +72,7 @@ fn the_examples_are_accepted() -> anyhow::Result<()> {
     let dir = repo_root().join("manifests/examples");
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        let out = kubectl(&[
-            "apply",
-            "--dry-run=server",
-            "--validate=strict",
-            "-n",
-            "default",
-            "-f",
-            &path.to_string_lossy(),
-        ])?;
+        let out = dry_run_apply(&path.to_string_lossy())?;
         assert!(out.ok, "{} refused: {}", path.display(), out.stderr);
     }
     Ok(())

@@ -110,14 +110,25 @@ pub async fn run(
     Ok(())
 }
 
-/// How long to wait before retrying a failed reconcile: invalid specs wait for a
-/// change, transient errors back off per object.
-pub fn retry_after(
+/// The one error policy of every controller: count the failure, log it, tell
+/// people through a Warning Event on the object (when there is one to attach it
+/// to), then decide the retry: an invalid spec waits for a change, a transient
+/// error backs off per object.
+pub fn on_error(
     ctx: &Context,
+    controller: &'static str,
     key: &str,
+    regarding: Option<k8s_openapi::api::core::v1::ObjectReference>,
     error: &crate::Error,
 ) -> kube::runtime::controller::Action {
     use kube::runtime::controller::Action;
+    ctx.metrics.error(controller, error);
+    tracing::warn!(controller, object = key, error = %error.chain(), "reconcile failed");
+    if let Some(reference) = regarding {
+        let events = ctx.events.clone();
+        let (reason, note) = (error.reason(), error.chain());
+        tokio::spawn(async move { events.warning(&reference, reason, "Reconcile", &note).await });
+    }
     if error.is_transient() {
         Action::requeue(ctx.next_backoff(key))
     } else {

@@ -119,16 +119,19 @@ pub async fn reconcile(infd: Arc<InferenceDeployment>, ctx: Arc<Context>) -> Res
     let reference = infd.object_ref(&());
     let before = infd.status.clone().unwrap_or_default();
 
-    if let Err(e) = validate::validate(&infd) {
-        ctx.metrics.error(CONTROLLER, &e);
-        let status = status::invalid(&infd, &e, now);
-        if status::write(&ctx, &infd, &status).await?
-            && became_degraded(&before.conditions, &status.conditions)
-        {
-            ctx.events.error(&reference, "Validate", &e).await;
+    let need = match validate::validate(&infd) {
+        Ok(need) => need,
+        Err(e) => {
+            ctx.metrics.error(CONTROLLER, &e);
+            let status = status::invalid(&infd, &e, now);
+            if status::write(&ctx, &infd, &status).await?
+                && became_degraded(&before.conditions, &status.conditions)
+            {
+                ctx.events.error(&reference, "Validate", &e).await;
+            }
+            return Ok(Action::await_change());
         }
-        return Ok(Action::await_change());
-    }
+    };
 
     let stores = ctx.stores();
     let profile_found = stores
@@ -145,7 +148,6 @@ pub async fn reconcile(infd: Arc<InferenceDeployment>, ctx: Arc<Context>) -> Res
         &gpunodes,
         &deployments,
     );
-    let need = validate::vram_need(&infd)?;
     let replicas = infd.spec.placement.as_ref().and_then(|p| p.replicas);
     let placed = placement::place(replicas, need, &before.placement, &candidates);
 
@@ -265,19 +267,12 @@ async fn announce(
 }
 
 fn error_policy(infd: Arc<InferenceDeployment>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.error(CONTROLLER, error);
     let key = format!(
         "infd/{}/{}",
         infd.namespace().unwrap_or_default(),
         infd.name_any()
     );
-    tracing::warn!(deployment = %key, error = %error.chain(), "deployment reconcile failed");
-    let events = ctx.events.clone();
-    let reference = infd.object_ref(&());
-    let note = error.chain();
-    let reason = error.reason();
-    tokio::spawn(async move { events.warning(&reference, reason, "Reconcile", &note).await });
-    super::retry_after(&ctx, &key, error)
+    super::on_error(&ctx, CONTROLLER, &key, Some(infd.object_ref(&())), error)
 }
 
 #[cfg(test)]

@@ -118,8 +118,8 @@ pub fn vram_need(infd: &InferenceDeployment) -> Result<i64, Error> {
     }
 }
 
-/// Every check, first failure first.
-pub fn validate(infd: &InferenceDeployment) -> Result<(), Error> {
+/// Every check, first failure first; on success the VRAM one replica reserves.
+pub fn validate(infd: &InferenceDeployment) -> Result<i64, Error> {
     check_model("spec.model", &infd.spec.model)?;
     if let Some(m) = infd.spec.canary_model() {
         check_model("spec.rollout.canary.model", m)?;
@@ -145,8 +145,7 @@ pub fn validate(infd: &InferenceDeployment) -> Result<(), Error> {
     if let Some(p) = &infd.spec.pipeline {
         check_stages(&p.stages)?;
     }
-    vram_need(infd)?;
-    Ok(())
+    vram_need(infd)
 }
 
 #[cfg(test)]

@@ -82,7 +82,12 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action> {
 }
 
 fn error_policy(node: Arc<Node>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.error(CONTROLLER, error);
-    tracing::warn!(node = %node.name_any(), error = %error.chain(), "node reconcile failed");
-    super::retry_after(&ctx, &format!("node/{}", node.name_any()), error)
+    // Nodes are not ours: the failure goes to logs and metrics, not to the Node's Events.
+    super::on_error(
+        &ctx,
+        CONTROLLER,
+        &format!("node/{}", node.name_any()),
+        None,
+        error,
+    )
 }

@@ -84,14 +84,8 @@ pub async fn reconcile(profile: Arc<ResourceProfile>, ctx: Arc<Context>) -> Resu
 }
 
 fn error_policy(profile: Arc<ResourceProfile>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.error(CONTROLLER, error);
-    tracing::warn!(profile = %profile.name_any(), error = %error.chain(), "profile reconcile failed");
-    let events = ctx.events.clone();
-    let reference = profile.object_ref(&());
-    let note = error.chain();
-    let reason = error.reason();
-    tokio::spawn(async move { events.warning(&reference, reason, "Reconcile", &note).await });
-    super::retry_after(&ctx, &format!("rp/{}", profile.name_any()), error)
+    let key = format!("rp/{}", profile.name_any());
+    super::on_error(&ctx, CONTROLLER, &key, Some(profile.object_ref(&())), error)
 }
 
 #[cfg(test)]
