@@ -104,7 +104,7 @@ impl Context {
         let mut map = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
         let n = map.entry(key.to_owned()).or_insert(0);
         *n = n.saturating_add(1);
-        Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300))
+        Duration::from_secs(1u64 << (*n - 1).min(9)).min(Duration::from_secs(300))
     }
 
     /// Forget the failures of an object after a successful reconcile.
@@ -139,5 +139,34 @@ impl Context {
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), served));
         served
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::FakeApi;
+    use kube::runtime::reflector;
+
+    #[tokio::test]
+    async fn failures_back_off_doubling_to_five_minutes_and_a_success_resets_them() {
+        let stores = Stores {
+            nodes: reflector::store().0,
+            profiles: reflector::store().0,
+            gpunodes: reflector::store().0,
+            deployments: reflector::store().0,
+        };
+        let ctx = Context::for_tests(FakeApi::default().client(), stores);
+        let delays: Vec<u64> = (0..12)
+            .map(|_| ctx.next_backoff("rp/a").as_secs())
+            .collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+        assert_eq!(
+            ctx.next_backoff("rp/b").as_secs(),
+            1,
+            "each object backs off on its own"
+        );
+        ctx.reset_backoff("rp/a");
+        assert_eq!(ctx.next_backoff("rp/a").as_secs(), 1);
     }
 }
