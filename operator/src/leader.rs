@@ -83,7 +83,19 @@ where
         stop.cancel();
         watcher.abort();
         metrics.set_leader(false);
-        result?;
+        if let Err(e) = result {
+            // E.g. the API server restarting and refusing requests (403 until its
+            // RBAC cache is warm): never let that end the process; try again.
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "controllers stopped with an error; starting again in 5 s"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                _ = shutdown.wait() => break,
+            }
+            continue;
+        }
         if !shutdown.is_shutting_down() {
             tracing::warn!(identity = %election.identity, "lost the lease: controllers stopped, waiting to lead again");
         }
