@@ -26,9 +26,12 @@ lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 .PHONY: unit
-unit: ## Unit and property tests of crds, runtime, operator and agent
+unit: ## Unit, property and model tests of every crate (models come from hack/models.sh)
+	@echo "==> real models for the pipeline tests (hack/models.sh)"
+	hack/models.sh
 	@echo "==> cargo test (unit)"
-	$(CARGO) test --locked
+	CANDLE_NUM_THREADS=1 GOGRID_MODEL_MINILM="$$(hack/models.sh minilm)" GOGRID_MODEL_SMOLLM2="$$(hack/models.sh smollm2)" \
+	  $(CARGO) test --locked
 
 .PHONY: chart
 chart: ## helm lint, helm-unittest suites and the install.yaml drift check

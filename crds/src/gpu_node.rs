@@ -121,6 +121,29 @@ pub struct GpuInfo {
     /// GPU utilisation in percent.
     #[serde(default)]
     pub utilization_percent: u32,
+    /// Compute utilisation of processes other than the agent, in percent (what
+    /// adaptive back-off reacts to).
+    #[serde(default)]
+    pub other_processes_utilization_percent: u32,
+    /// Processes other than the agent that hold memory on this GPU (largest
+    /// first, at most 16).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub other_processes: Vec<GpuProcess>,
+}
+
+/// A process other than the agent using a GPU.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuProcess {
+    /// Process ID (in the host's PID namespace).
+    pub pid: u32,
+    /// GPU memory the process holds, in bytes.
+    #[serde(default)]
+    pub memory_bytes: i64,
+    /// Its compute utilisation, in percent.
+    #[serde(default)]
+    pub utilization_percent: u32,
 }
 
 /// VRAM budget of the node.

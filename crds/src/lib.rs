@@ -9,14 +9,17 @@ pub mod labels;
 pub mod policy;
 pub mod quantity;
 pub mod resource_profile;
+pub mod rollout;
 pub mod selector;
+pub mod validation;
 
 pub use gpu_node::{GpuNode, GpuNodeSpec, GpuNodeStatus};
 pub use inference_deployment::{
     InferenceDeployment, InferenceDeploymentSpec, InferenceDeploymentStatus,
 };
-pub use policy::{EffectivePolicy, PolicyError, effective_policy};
+pub use policy::{EffectivePolicy, effective_policy};
 pub use resource_profile::{Preset, ResourceProfile, ResourceProfileSpec, ResourceProfileStatus};
+pub use validation::FieldError;
 
 /// The API group of every GoGrid kind.
 pub const GROUP: &str = "gogrid.io";

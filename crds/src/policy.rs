@@ -7,6 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::resource_profile::{IoClass, Preset, ResourceProfileSpec, ScheduleWindow, Weekday};
+use crate::validation::FieldError;
 
 /// The policy an agent enforces, fully resolved.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -52,25 +53,6 @@ pub struct AdaptivePolicy {
     pub recovery_seconds: u32,
 }
 
-/// An invalid profile, naming the field at fault.
-#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
-#[error("{field}: {message}")]
-pub struct PolicyError {
-    /// JSON path of the field, e.g. `spec.schedule[1].timeZone`.
-    pub field: String,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-impl PolicyError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
-
 /// The values a preset stands for.
 pub fn preset_policy(preset: Preset) -> EffectivePolicy {
     let (vram, compute, nice, io_class, io_level, throttle, interval, batch) = match preset {
@@ -101,7 +83,7 @@ pub fn preset_policy(preset: Preset) -> EffectivePolicy {
 pub fn effective_policy(
     spec: &ResourceProfileSpec,
     now: Timestamp,
-) -> Result<EffectivePolicy, PolicyError> {
+) -> Result<EffectivePolicy, FieldError> {
     validate(spec)?;
     let window = window_in_force(spec, now)?;
     let preset = window.map_or(spec.preset, |(_, w)| w.preset);
@@ -161,9 +143,9 @@ pub fn effective_policy(
 /// Checks the schema cannot express (it already bounds every number), repeated
 /// here so that an agent in standalone mode, which has no API server, gets the
 /// same errors.
-fn validate(spec: &ResourceProfileSpec) -> Result<(), PolicyError> {
+fn validate(spec: &ResourceProfileSpec) -> Result<(), FieldError> {
     let percent = |field: &str, v: Option<u32>| match v {
-        Some(p) if !(1..=100).contains(&p) => Err(PolicyError::new(
+        Some(p) if !(1..=100).contains(&p) => Err(FieldError::new(
             field,
             format!("must be between 1 and 100, got {p}"),
         )),
@@ -179,13 +161,13 @@ fn validate(spec: &ResourceProfileSpec) -> Result<(), PolicyError> {
     )?;
     if let Some(p) = &spec.process {
         if let Some(n) = p.nice.filter(|n| !(0..=19).contains(n)) {
-            return Err(PolicyError::new(
+            return Err(FieldError::new(
                 "spec.process.nice",
                 format!("must be between 0 and 19, got {n}"),
             ));
         }
         if let Some(l) = p.io_level.filter(|l| *l > 7) {
-            return Err(PolicyError::new(
+            return Err(FieldError::new(
                 "spec.process.ioLevel",
                 format!("must be between 0 and 7, got {l}"),
             ));
@@ -197,7 +179,7 @@ fn validate(spec: &ResourceProfileSpec) -> Result<(), PolicyError> {
         .and_then(|b| b.max_batch_size)
         .filter(|n| *n == 0)
     {
-        return Err(PolicyError::new(
+        return Err(FieldError::new(
             "spec.batching.maxBatchSize",
             format!("must be at least 1, got {n}"),
         ));
@@ -211,15 +193,15 @@ fn validate(spec: &ResourceProfileSpec) -> Result<(), PolicyError> {
     }
     for (i, w) in spec.schedule.iter().enumerate() {
         let at = |f: &str| format!("spec.schedule[{i}].{f}");
-        let start = parse_hhmm(&w.start).map_err(|m| PolicyError::new(at("start"), m))?;
-        let end = parse_hhmm(&w.end).map_err(|m| PolicyError::new(at("end"), m))?;
+        let start = parse_hhmm(&w.start).map_err(|m| FieldError::new(at("start"), m))?;
+        let end = parse_hhmm(&w.end).map_err(|m| FieldError::new(at("end"), m))?;
         if start == end {
-            return Err(PolicyError::new(at("end"), "must differ from start"));
+            return Err(FieldError::new(at("end"), "must differ from start"));
         }
         if w.days.is_empty() {
-            return Err(PolicyError::new(at("days"), "must name at least one day"));
+            return Err(FieldError::new(at("days"), "must name at least one day"));
         }
-        zone(w).map_err(|m| PolicyError::new(at("timeZone"), m))?;
+        zone(w).map_err(|m| FieldError::new(at("timeZone"), m))?;
     }
     Ok(())
 }
@@ -291,10 +273,10 @@ fn instant(dt: civil::DateTime, tz: &TimeZone) -> Result<Timestamp, String> {
 pub fn window_in_force(
     spec: &ResourceProfileSpec,
     now: Timestamp,
-) -> Result<Option<(usize, &ScheduleWindow)>, PolicyError> {
+) -> Result<Option<(usize, &ScheduleWindow)>, FieldError> {
     for (i, w) in spec.schedule.iter().enumerate() {
         let occ =
-            occurrences(w, now).map_err(|m| PolicyError::new(format!("spec.schedule[{i}]"), m))?;
+            occurrences(w, now).map_err(|m| FieldError::new(format!("spec.schedule[{i}]"), m))?;
         if occ.iter().any(|(s, e)| *s <= now && now < *e) {
             return Ok(Some((i, w)));
         }

@@ -20,7 +20,7 @@ set -uo pipefail
 # shellcheck source=e2e/cluster/lib.sh
 . "$(dirname "$0")/lib.sh"
 
-agent_bin=${GOGRID_AGENT_BIN:-$GG_ROOT/target/debug/gogrid-agent}
+agent_bin=${GOGRID_AGENT_BIN:-${CARGO_TARGET_DIR:-$GG_ROOT/target}/debug/gogrid-agent}
 selector=${GOGRID_AGENT_SELECTOR:-app.kubernetes.io/component=agent}
 kubeconfig="$GG_RUN/kubeconfig-agent"
 state="$GG_RUN/agents"
@@ -46,7 +46,7 @@ start_agent() { # <pod> <uid> <node> <ip> <profile> <restarts>
   ip netns exec "$node" env \
     KUBECONFIG="$kubeconfig" NODE_NAME="$node" POD_NAME="$pod" POD_NAMESPACE="$GG_NAMESPACE" POD_IP="$ip" \
     GOGRID_PROFILE="$profile" GOGRID_HTTP_ADDR="$ip:8000" GOGRID_GRPC_ADDR="$ip:8001" \
-    GOGRID_METRICS_ADDR="$ip:8002" GOGRID_SIMULATE_GPUS=2x24Gi GOGRID_LOG="${GOGRID_LOG:-info}" \
+    GOGRID_METRICS_ADDR="$ip:8002" GOGRID_SIMULATE_GPUS=2x24Gi CANDLE_NUM_THREADS=1 GOGRID_LOG="${GOGRID_LOG:-info}" \
     "$agent_bin" run >> "$logf" 2>&1 < /dev/null &
   local pid=$!
   echo "$pid $uid $node $ip $profile $restarts $SECONDS" > "$state/$pod"

@@ -11,7 +11,7 @@ set -euo pipefail
 gg_need_root
 cd "$GG_ROOT"
 
-operator_bin=${GOGRID_OPERATOR_BIN:-$GG_ROOT/target/debug/gogrid-operator}
+operator_bin=${GOGRID_OPERATOR_BIN:-${CARGO_TARGET_DIR:-$GG_ROOT/target}/debug/gogrid-operator}
 
 start_operator() { # <process name> <pod name> <http addr>
   gg_alive "$1" && return 0

@@ -73,8 +73,8 @@ EOF
 [ "${GOGRID_SKIP_PROCESSES:-}" = 1 ] && { gg_log "   operator and agents: skipped (GOGRID_SKIP_PROCESSES=1)"; exit 0; }
 
 # --- 3. binaries ----------------------------------------------------------------------------
-operator_bin=${GOGRID_OPERATOR_BIN:-$GG_ROOT/target/debug/gogrid-operator}
-agent_bin=${GOGRID_AGENT_BIN:-$GG_ROOT/target/debug/gogrid-agent}
+operator_bin=${GOGRID_OPERATOR_BIN:-${CARGO_TARGET_DIR:-$GG_ROOT/target}/debug/gogrid-operator}
+agent_bin=${GOGRID_AGENT_BIN:-${CARGO_TARGET_DIR:-$GG_ROOT/target}/debug/gogrid-agent}
 if [ "${GOGRID_SKIP_CARGO:-}" != 1 ] && [ -z "${GOGRID_OPERATOR_BIN:-}${GOGRID_AGENT_BIN:-}" ]; then
   gg_log "   cargo build -p gogrid-operator -p gogrid-agent (incremental; log $GG_LOGS/cargo-build.log)"
   if ! cargo build -p gogrid-operator -p gogrid-agent >"$GG_LOGS/cargo-build.log" 2>&1; then

@@ -23,6 +23,17 @@ pub struct Cli {
 pub enum Command {
     /// Run as the agent of one Kubernetes node (what the DaemonSet runs).
     Run(RunArgs),
+    /// Run without Kubernetes, from one file (listen addresses, a ResourceProfile
+    /// spec, InferenceDeployment specs): desktops and tests.
+    Serve(ServeArgs),
+}
+
+/// Settings of `gogrid-agent serve`.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// The agent file (see manifests/examples/agent.yaml).
+    #[arg(long, env = "GOGRID_AGENT_CONFIG")]
+    pub config: std::path::PathBuf,
 }
 
 /// Settings of `gogrid-agent run`.

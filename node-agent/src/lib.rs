@@ -5,7 +5,10 @@ pub mod config;
 pub mod gpu;
 pub mod http;
 pub mod metrics;
+pub mod node;
+pub mod pipeline;
 pub mod policy;
+pub mod standalone;
 pub mod sync;
 
 pub use config::{Cli, Command};
@@ -13,22 +16,27 @@ pub use config::{Cli, Command};
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use futures::StreamExt as _;
 use gogrid_runtime::Shutdown;
 
 /// Run the command the CLI names.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run_in_cluster(args).await,
+        Command::Serve(args) => run_standalone(args).await,
     }
 }
 
 async fn run_in_cluster(args: config::RunArgs) -> anyhow::Result<()> {
-    let inventory = gpu::from_args(args.simulate_gpus.as_deref()).context("GPU inventory")?;
+    let inventory: Arc<dyn gpu::Inventory> = gpu::from_args(args.simulate_gpus.as_deref())
+        .context("GPU inventory")?
+        .into();
     tracing::info!(
         node = %args.node_name,
         profile = args.profile.as_deref().unwrap_or("<none>"),
         gpus = inventory.read().map(|g| g.len()).unwrap_or(0),
         simulated = inventory.simulated(),
+        kernels = node::kernels(),
         "agent starting"
     );
     let client = kube::Client::try_default()
@@ -39,17 +47,124 @@ async fn run_in_cluster(args: config::RunArgs) -> anyhow::Result<()> {
     let ready = http::Readiness::default();
 
     let (policy_tx, policy_rx) = tokio::sync::watch::channel(None);
+    let (desired_tx, desired_rx) = tokio::sync::watch::channel(Vec::new());
+    let (pipelines_tx, pipelines_rx) = tokio::sync::watch::channel(Vec::new());
     let profile_task = sync::profile::follow(
         client.clone(),
         args.profile.clone(),
         policy_tx,
         shutdown.clone(),
     );
+    let deployments_task = sync::deployments::follow(
+        client.clone(),
+        args.node_name.clone(),
+        desired_tx,
+        shutdown.clone(),
+    );
+    let node_task = node::run(
+        node::Inputs {
+            inventory: inventory.clone(),
+            policy: policy_rx.clone(),
+            desired: desired_rx,
+        },
+        node::Listen {
+            http: args.http_addr,
+            grpc: args.grpc_addr,
+        },
+        metrics.clone(),
+        pipelines_tx,
+        shutdown.clone(),
+    );
     let reporter =
         sync::gpunode::Reporter::new(client, args.identity(), inventory, metrics.clone());
-    let report_task = reporter.run(policy_rx, args.heartbeat(), ready.clone(), shutdown.clone());
+    let report_task = reporter.run(
+        policy_rx,
+        pipelines_rx,
+        args.heartbeat(),
+        ready.clone(),
+        shutdown.clone(),
+    );
     let http_task = http::serve(args.metrics_addr, metrics, ready, shutdown.clone());
-    tokio::try_join!(profile_task, report_task, http_task)?;
+    tokio::try_join!(
+        profile_task,
+        deployments_task,
+        node_task,
+        report_task,
+        http_task
+    )?;
+    tracing::info!("agent shut down cleanly");
+    Ok(())
+}
+
+async fn run_standalone(args: config::ServeArgs) -> anyhow::Result<()> {
+    let file = standalone::file::load(&args.config)?;
+    let inventory: Arc<dyn gpu::Inventory> = gpu::from_args(file.simulate_gpus.as_deref())
+        .context("GPU inventory")?
+        .into();
+    tracing::info!(
+        config = %args.config.display(),
+        deployments = file.deployments.len(),
+        gpus = inventory.read().map(|g| g.len()).unwrap_or(0),
+        kernels = node::kernels(),
+        "standalone agent starting"
+    );
+    let shutdown = Shutdown::on_signals();
+    let metrics = Arc::new(metrics::Metrics::default());
+    let ready = http::Readiness::default();
+    let (policy_tx, policy_rx) = tokio::sync::watch::channel(None);
+    let specs =
+        futures::stream::iter([Some(file.profile.clone())]).chain(futures::stream::pending());
+    let profile_task =
+        sync::profile::publish_loop("standalone", specs, policy_tx, shutdown.clone());
+    let desired: Vec<sync::deployments::Desired> = file
+        .deployments
+        .iter()
+        .map(|d| {
+            sync::deployments::Desired::from_spec(
+                sync::deployments::DeploymentKey {
+                    namespace: "standalone".into(),
+                    name: d.name.clone(),
+                },
+                d.spec.clone(),
+            )
+        })
+        .collect();
+    let (_desired_tx, desired_rx) = tokio::sync::watch::channel(desired);
+    let (pipelines_tx, mut pipelines_rx) = tokio::sync::watch::channel(Vec::new());
+    let node_task = node::run(
+        node::Inputs {
+            inventory,
+            policy: policy_rx,
+            desired: desired_rx,
+        },
+        node::Listen {
+            http: file.listen.http,
+            grpc: file.listen.grpc,
+        },
+        metrics.clone(),
+        pipelines_tx,
+        shutdown.clone(),
+    );
+    // Without a GpuNode to report to, the pipelines' state goes to the log and
+    // readiness follows them.
+    let watch_task = {
+        let (ready, shutdown) = (ready.clone(), shutdown.clone());
+        async move {
+            loop {
+                tokio::select! {
+                    changed = pipelines_rx.changed() => if changed.is_err() { return anyhow::Ok(()) },
+                    _ = shutdown.wait() => return Ok(()),
+                }
+                let all = pipelines_rx.borrow_and_update().clone();
+                for p in &all {
+                    tracing::info!(deployment = %p.deployment, version = %p.version, ready = p.ready, message = p.message.as_deref(), "pipeline");
+                }
+                ready.set(!all.is_empty() && all.iter().all(|p| p.ready));
+            }
+        }
+    };
+    let http_task = http::serve(file.listen.metrics, metrics, ready, shutdown.clone());
+    tokio::try_join!(profile_task, node_task, watch_task, http_task)?;
     tracing::info!("agent shut down cleanly");
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! The agent's Prometheus metrics: GPU memory, VRAM budget, policy in force and
-//! GpuNode writes.
+//! The agent's Prometheus metrics: GPU memory and utilisation, VRAM budget and
+//! use, the policy in force, admission outcomes and duty cycle, GpuNode
+//! writes, and the serving layer's request metrics on the same registry.
 
 use std::sync::atomic::AtomicI64;
 
@@ -22,10 +23,28 @@ pub struct PolicyLabels {
     pub preset: String,
 }
 
+/// Labels of an admission outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `admitted`, `throttled` or `refused`.
+    pub outcome: String,
+    /// Why (`interval`, `duty_cycle`, `busy`, `batch_too_large`, `empty`,
+    /// `deadline`), empty when admitted.
+    pub reason: String,
+}
+
 /// Every agent metric and its registry.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// The serving layer's metrics (requests, latency, batches, queue depth).
+    pub serving: gogrid_serve::Metrics,
+    admissions: Family<OutcomeLabels, Gauge<i64, AtomicI64>>,
+    wait_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    busy_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    duty_cap: Gauge<f64, std::sync::atomic::AtomicU64>,
+    vram_used: Family<GpuLabels, Gauge<i64, AtomicI64>>,
+    utilization: Family<GpuLabels, Gauge<i64, AtomicI64>>,
     memory_total: Family<GpuLabels, Gauge<i64, AtomicI64>>,
     budget: Family<GpuLabels, Gauge<i64, AtomicI64>>,
     policy: Family<PolicyLabels, Gauge<i64, AtomicI64>>,
@@ -37,7 +56,50 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("gogrid_agent");
+        let mut root = Registry::default();
+        let serving = gogrid_serve::Metrics::new(&mut root);
+        let registry = root.sub_registry_with_prefix("gogrid_agent");
+        let admissions = Family::<OutcomeLabels, Gauge<i64, AtomicI64>>::default();
+        let wait_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let busy_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let duty_cap = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let vram_used = Family::<GpuLabels, Gauge<i64, AtomicI64>>::default();
+        let utilization = Family::<GpuLabels, Gauge<i64, AtomicI64>>::default();
+        // Cumulative figures read from the gate's atomic counters: exposed as
+        // counters (`_total`), set from the source of truth on each scrape.
+        registry.register(
+            "admissions",
+            "Batches through the throttle gate by outcome and reason (cumulative)",
+            admissions.clone(),
+        );
+        registry.register_with_unit(
+            "throttle_wait",
+            "Time batches spent waiting at the throttle gate (cumulative)",
+            Unit::Seconds,
+            wait_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "device_busy",
+            "Time the device was busy running batches (cumulative)",
+            Unit::Seconds,
+            busy_seconds.clone(),
+        );
+        registry.register(
+            "duty_cycle_cap_ratio",
+            "Duty-cycle cap in force after adaptive back-off (0-1)",
+            duty_cap.clone(),
+        );
+        registry.register_with_unit(
+            "vram_used",
+            "VRAM reserved in the ledger on each device",
+            Unit::Bytes,
+            vram_used.clone(),
+        );
+        registry.register(
+            "gpu_utilization_ratio",
+            "GPU utilisation as NVML reports it, in percent",
+            utilization.clone(),
+        );
         let memory_total = Family::<GpuLabels, Gauge<i64, AtomicI64>>::default();
         let budget = Family::<GpuLabels, Gauge<i64, AtomicI64>>::default();
         let policy = Family::<PolicyLabels, Gauge<i64, AtomicI64>>::default();
@@ -73,7 +135,14 @@ impl Default for Metrics {
             gpunode_writes.clone(),
         );
         Self {
-            registry,
+            registry: root,
+            serving,
+            admissions,
+            wait_seconds,
+            busy_seconds,
+            duty_cap,
+            vram_used,
+            utilization,
             memory_total,
             budget,
             policy,
@@ -88,6 +157,11 @@ impl Metrics {
     /// Update the gauges from a status about to be reported.
     pub fn observe(&self, status: &GpuNodeStatus) {
         for g in &status.gpus {
+            self.utilization
+                .get_or_create(&GpuLabels {
+                    gpu: g.index.to_string(),
+                })
+                .set(i64::from(g.utilization_percent));
             self.memory_total
                 .get_or_create(&GpuLabels {
                     gpu: g.index.to_string(),
@@ -110,6 +184,40 @@ impl Metrics {
             self.vram_max_percent.set(i64::from(p.vram_max_percent));
             self.compute_max_percent
                 .set(i64::from(p.compute_max_percent));
+        }
+    }
+
+    /// Update the admission and ledger figures from the gate and the ledger.
+    pub fn observe_policy(
+        &self,
+        gate: &crate::policy::throttle::Gate,
+        ledger: &crate::policy::ledger::Ledger,
+    ) {
+        let st = gate.stats();
+        let set = |outcome: &str, reason: &str, v: u64| {
+            self.admissions
+                .get_or_create(&OutcomeLabels {
+                    outcome: outcome.into(),
+                    reason: reason.into(),
+                })
+                .set(i64::try_from(v).unwrap_or(i64::MAX));
+        };
+        set("admitted", "", st.admitted);
+        set("throttled", "interval", st.throttled_interval);
+        set("throttled", "duty_cycle", st.throttled_duty_cycle);
+        set("throttled", "busy", st.throttled_busy);
+        set("refused", "batch_too_large", st.refused_batch_too_large);
+        set("refused", "empty", st.refused_empty);
+        set("refused", "deadline", st.refused_deadline);
+        self.wait_seconds.set(st.waited_ns as f64 / 1e9);
+        self.busy_seconds.set(st.busy_ns as f64 / 1e9);
+        self.duty_cap.set(gate.effective_cap());
+        for u in ledger.snapshot() {
+            let gpu = match u.device {
+                crate::policy::ledger::Device::Gpu(i) => i.to_string(),
+                crate::policy::ledger::Device::Cpu => "cpu".to_owned(),
+            };
+            self.vram_used.get_or_create(&GpuLabels { gpu }).set(u.used);
         }
     }
 

@@ -1,7 +1,7 @@
 //! The operator's one error type. Each variant names what failed; `metric_label`
 //! and `reason` classify it for metrics and Events.
 
-use gogrid_crds::PolicyError;
+use gogrid_crds::FieldError;
 
 /// Everything a reconcile can fail with.
 #[derive(thiserror::Error, Debug)]
@@ -25,7 +25,7 @@ pub enum Error {
     },
     /// The profile's policy does not resolve.
     #[error("invalid policy: {0}")]
-    Policy(#[from] PolicyError),
+    Policy(#[from] FieldError),
     /// An object lacks a field the API server always sets.
     #[error("object has no {0}")]
     MissingObjectKey(&'static str),

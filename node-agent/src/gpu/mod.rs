@@ -1,8 +1,10 @@
-//! GPU discovery behind one trait: a declared inventory (tests, demos; marked
-//! simulated) and the CPU-only fallback. NVML comes behind the `nvml` feature.
+//! GPU discovery behind one trait: NVML (the `nvml` feature), a declared
+//! inventory (tests, demos; marked simulated) and the CPU-only fallback.
 
 pub mod declared;
 pub mod none;
+#[cfg(feature = "nvml")]
+pub mod nvml;
 
 use gogrid_crds::gpu_node::GpuInfo;
 
@@ -17,13 +19,21 @@ pub trait Inventory: Send + Sync + std::fmt::Debug {
 }
 
 /// The inventory the command line asks for: declared when `simulate` is set,
-/// otherwise the CPU-only fallback.
+/// otherwise NVML when built in and present, otherwise the CPU-only fallback
+/// (said once, at start).
 pub fn from_args(simulate: Option<&str>) -> anyhow::Result<Box<dyn Inventory>> {
-    match simulate {
-        Some(spec) => Ok(Box::new(declared::Declared::parse(spec)?)),
-        None => {
-            tracing::info!("no GPU library in this build: running pipelines on the CPU device");
-            Ok(Box::new(none::CpuOnly))
-        }
+    if let Some(spec) = simulate {
+        return Ok(Box::new(declared::Declared::parse(spec)?));
     }
+    #[cfg(feature = "nvml")]
+    match nvml::Nvml::open() {
+        Ok(nvml) => return Ok(Box::new(nvml)),
+        Err(e) => tracing::info!(
+            error = format!("{e:#}"),
+            "NVML is not available: no GPUs, running pipelines on the CPU device"
+        ),
+    }
+    #[cfg(not(feature = "nvml"))]
+    tracing::info!("built without the nvml feature: no GPUs, running pipelines on the CPU device");
+    Ok(Box::new(none::CpuOnly))
 }

@@ -5,6 +5,8 @@ use gogrid_crds::EffectivePolicy;
 use gogrid_crds::gpu_node::{Budget, DeviceBudget, GpuInfo};
 use gogrid_crds::quantity::human;
 
+use super::adaptive::vram_left;
+
 /// Budgets of the GPUs, or of the CPU device (`host_memory` bytes) when there is
 /// no GPU. Without a policy nothing may be used.
 pub fn budgets(gpus: &[GpuInfo], host_memory: i64, policy: Option<&EffectivePolicy>) -> Budget {
@@ -34,7 +36,7 @@ pub fn budgets(gpus: &[GpuInfo], host_memory: i64, policy: Option<&EffectivePoli
                 };
                 DeviceBudget {
                     index: Some(g.index),
-                    vram_budget_bytes: (cap(g.memory_total_bytes) - others).max(0),
+                    vram_budget_bytes: vram_left(cap(g.memory_total_bytes), others),
                     vram_used_bytes: 0,
                 }
             })

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use gogrid_crds::gpu_node::{AgentInfo, GpuNodeSpec, GpuNodeStatus};
+use gogrid_crds::gpu_node::{AgentInfo, GpuNodeSpec, GpuNodeStatus, PipelineStatus};
 use gogrid_crds::labels::AGENT_MANAGER;
 use gogrid_crds::{EffectivePolicy, GpuNode};
 use gogrid_runtime::Shutdown;
@@ -30,7 +30,7 @@ const POLL: Duration = Duration::from_secs(5);
 pub struct Reporter {
     client: kube::Client,
     identity: Identity,
-    inventory: Box<dyn Inventory>,
+    inventory: Arc<dyn Inventory>,
     metrics: Arc<Metrics>,
 }
 
@@ -40,6 +40,7 @@ pub fn status(
     inventory: &dyn Inventory,
     policy: Option<&EffectivePolicy>,
     host_memory: i64,
+    pipelines: &[PipelineStatus],
 ) -> anyhow::Result<GpuNodeStatus> {
     let gpus = inventory.read().context("reading the GPU inventory")?;
     let budget = budgets(&gpus, host_memory, policy);
@@ -59,8 +60,8 @@ pub fn status(
         gpus,
         policy: policy.cloned(),
         budget: Some(budget),
-        pipeline_count: 0,
-        pipelines: Vec::new(),
+        pipeline_count: i32::try_from(pipelines.len()).unwrap_or(i32::MAX),
+        pipelines: pipelines.to_vec(),
         heartbeat_time: None,
         conditions: Vec::new(),
     })
@@ -80,7 +81,7 @@ impl Reporter {
     pub fn new(
         client: kube::Client,
         identity: Identity,
-        inventory: Box<dyn Inventory>,
+        inventory: Arc<dyn Inventory>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -144,6 +145,7 @@ impl Reporter {
     pub async fn run(
         self,
         mut policy: watch::Receiver<Option<EffectivePolicy>>,
+        mut pipelines: watch::Receiver<Vec<PipelineStatus>>,
         heartbeat: Duration,
         ready: Readiness,
         shutdown: Shutdown,
@@ -165,11 +167,13 @@ impl Reporter {
         let mut poll = tokio::time::interval(POLL);
         loop {
             let current = policy.borrow_and_update().clone();
+            let loaded = pipelines.borrow_and_update().clone();
             match status(
                 &self.identity,
                 self.inventory.as_ref(),
                 current.as_ref(),
                 host_memory,
+                &loaded,
             ) {
                 Ok(desired) => {
                     self.metrics.observe(&desired);
@@ -195,6 +199,7 @@ impl Reporter {
             }
             tokio::select! {
                 changed = policy.changed() => if changed.is_err() { shutdown.wait().await; return Ok(()) },
+                changed = pipelines.changed() => if changed.is_err() { shutdown.wait().await; return Ok(()) },
                 _ = poll.tick() => {}
                 _ = shutdown.wait() => return Ok(()),
             }
@@ -225,7 +230,7 @@ mod tests {
     fn a_declared_inventory_is_reported_as_simulated_with_the_budget_in_force() {
         let inv = Declared::parse("2x24Gi").expect("inventory");
         let p = preset_policy(Preset::Default);
-        let s = status(&identity(), &inv, Some(&p), 0).expect("status");
+        let s = status(&identity(), &inv, Some(&p), 0, &[]).expect("status");
         let json = serde_json::to_value(&s).expect("json");
         assert_eq!(
             json["agent"]["podIP"], "10.244.1.2",
@@ -248,14 +253,15 @@ mod tests {
     fn the_same_inputs_give_the_same_status_so_nothing_is_rewritten() {
         let inv = Declared::parse("24Gi").expect("inventory");
         let p = preset_policy(Preset::Aggressive);
-        let a = status(&identity(), &inv, Some(&p), 0).expect("a");
-        let b = status(&identity(), &inv, Some(&p), 0).expect("b");
+        let a = status(&identity(), &inv, Some(&p), 0, &[]).expect("a");
+        let b = status(&identity(), &inv, Some(&p), 0, &[]).expect("b");
         assert_eq!(a, b);
         let c = status(
             &identity(),
             &inv,
             Some(&preset_policy(Preset::Conservative)),
             0,
+            &[],
         )
         .expect("c");
         assert_ne!(a, c, "a policy change is a change");

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use gogrid_crds::policy::next_transition;
-use gogrid_crds::{EffectivePolicy, ResourceProfile, effective_policy};
+use gogrid_crds::{EffectivePolicy, ResourceProfile, ResourceProfileSpec, effective_policy};
 use gogrid_runtime::Shutdown;
 use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -30,40 +30,58 @@ pub async fn follow(
     };
     let api: Api<ResourceProfile> = Api::all(client);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut events = watcher(api, config).default_backoff().boxed();
-    let mut spec: Option<ResourceProfile> = None;
+    let specs = watcher(api, config).default_backoff().filter_map(|event| {
+        futures::future::ready(match event {
+            Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => Some(Some(p.spec)),
+            Ok(watcher::Event::Delete(_)) => Some(None),
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "watching the profile failed; retrying");
+                None
+            }
+        })
+    });
+    publish_loop(&name, specs, tx, shutdown).await
+}
+
+/// Publish the effective policy of each spec `specs` yields (`None`: the profile
+/// is gone), and again whenever a schedule window starts or ends, until
+/// shutdown or the end of `specs`. The cluster watch and the standalone file
+/// (one spec, then a pending stream) both feed it.
+pub async fn publish_loop(
+    name: &str,
+    specs: impl futures::Stream<Item = Option<ResourceProfileSpec>>,
+    tx: PolicySender,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let mut specs = std::pin::pin!(specs);
+    let mut spec: Option<ResourceProfileSpec> = None;
     loop {
         let now = jiff::Timestamp::now();
         let wake = spec
             .as_ref()
-            .and_then(|p| next_transition(&p.spec, now))
+            .and_then(|p| next_transition(p, now))
             .and_then(|t| Duration::try_from(t.duration_since(now)).ok())
             .unwrap_or(Duration::from_secs(3600));
         tokio::select! {
-            event = events.next() => match event {
-                Some(Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p))) => spec = Some(p),
-                Some(Ok(watcher::Event::Delete(_))) => spec = None,
-                Some(Ok(watcher::Event::Init | watcher::Event::InitDone)) => continue,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, profile = %name, "watching the profile failed; retrying");
-                    continue;
-                }
+            next = specs.next() => match next {
+                Some(next) => spec = next,
                 None => return Ok(()),
             },
             _ = tokio::time::sleep(wake + Duration::from_millis(100)) => {}
             _ = shutdown.wait() => return Ok(()),
         }
-        publish(&tx, spec.as_ref(), &name);
+        publish(&tx, spec.as_ref(), name);
     }
 }
 
-fn publish(tx: &PolicySender, profile: Option<&ResourceProfile>, name: &str) {
+fn publish(tx: &PolicySender, profile: Option<&ResourceProfileSpec>, name: &str) {
     let Some(profile) = profile else {
         tracing::warn!(profile = %name, "profile is gone: no policy in force");
         tx.send_if_modified(|p| p.take().is_some());
         return;
     };
-    match effective_policy(&profile.spec, jiff::Timestamp::now()) {
+    match effective_policy(profile, jiff::Timestamp::now()) {
         Ok(policy) => {
             let changed = tx.send_if_modified(|current| {
                 if current.as_ref() == Some(&policy) {

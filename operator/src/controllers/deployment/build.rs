@@ -6,9 +6,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use gogrid_crds::inference_deployment::{
-    NodePlacement, RolloutPhase, RolloutStatus, RolloutStrategy, TrafficSplit,
-};
+use gogrid_crds::inference_deployment::{NodePlacement, RolloutStatus, TrafficSplit};
 use gogrid_crds::labels::{
     APP, DEPLOYMENT_LABEL, ENDPOINTSLICE_MANAGER, MANAGED_BY_LABEL, NAME_LABEL, OPERATOR_MANAGER,
     SERVICE_ROLE_LABEL, preview_service_name,
@@ -59,99 +57,7 @@ impl Role {
 
 /// The traffic split the spec asks for and the rollout phase it means.
 pub fn traffic(infd: &InferenceDeployment) -> (TrafficSplit, RolloutStatus) {
-    let spec = &infd.spec;
-    let stable = spec.model.version.clone();
-    let strategy = spec.rollout.as_ref().map(|r| r.strategy);
-    match strategy {
-        Some(RolloutStrategy::Canary) => match spec.canary_model() {
-            Some(canary) => {
-                let weight = spec
-                    .rollout
-                    .as_ref()
-                    .and_then(|r| r.canary.as_ref())
-                    .map_or(0, |c| c.weight.clamp(0, 100));
-                let split = TrafficSplit {
-                    stable_version: stable,
-                    canary_version: Some(canary.version.clone()),
-                    canary_weight: weight,
-                    preview_version: None,
-                };
-                let message = format!("{weight}% of unversioned requests go to {}", canary.version);
-                (
-                    split,
-                    RolloutStatus {
-                        phase: RolloutPhase::Canary,
-                        step: None,
-                        message: Some(message),
-                    },
-                )
-            }
-            None => stable_only(stable),
-        },
-        Some(RolloutStrategy::BlueGreen) => match (
-            spec.preview_model(),
-            spec.rollout.as_ref().and_then(|r| r.blue_green.as_ref()),
-        ) {
-            (Some(preview), Some(bg)) if bg.promote => {
-                let split = TrafficSplit {
-                    stable_version: preview.version.clone(),
-                    canary_version: None,
-                    canary_weight: 0,
-                    preview_version: None,
-                };
-                let message = format!(
-                    "{} promoted: all traffic goes to it; {stable} stays loaded for {}s",
-                    preview.version, bg.scale_down_delay_seconds
-                );
-                (
-                    split,
-                    RolloutStatus {
-                        phase: RolloutPhase::Promoted,
-                        step: None,
-                        message: Some(message),
-                    },
-                )
-            }
-            (Some(preview), _) => {
-                let split = TrafficSplit {
-                    stable_version: stable.clone(),
-                    canary_version: None,
-                    canary_weight: 0,
-                    preview_version: Some(preview.version.clone()),
-                };
-                let message = format!(
-                    "{} previewed next to {stable}; set rollout.blueGreen.promote to switch",
-                    preview.version
-                );
-                (
-                    split,
-                    RolloutStatus {
-                        phase: RolloutPhase::Preview,
-                        step: None,
-                        message: Some(message),
-                    },
-                )
-            }
-            _ => stable_only(stable),
-        },
-        None => stable_only(stable),
-    }
-}
-
-fn stable_only(stable: String) -> (TrafficSplit, RolloutStatus) {
-    (
-        TrafficSplit {
-            stable_version: stable,
-            canary_version: None,
-            canary_weight: 0,
-            preview_version: None,
-        },
-        RolloutStatus {
-            phase: RolloutPhase::Stable,
-            step: None,
-            message: None,
-        },
-    )
+    gogrid_crds::rollout::spec_traffic(&infd.spec)
 }
 
 /// Roles with a Service: the main one always, the preview one during blue-green.
@@ -376,6 +282,7 @@ pub(crate) mod tests {
         BlueGreenSpec, CanarySpec, ModelFormat, ModelSource, ModelSpec, ModelTask, PreviewSpec,
         RolloutSpec,
     };
+    use gogrid_crds::inference_deployment::{RolloutPhase, RolloutStrategy};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     pub(crate) fn model(version: &str) -> ModelSpec {

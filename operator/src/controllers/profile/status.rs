@@ -3,7 +3,7 @@
 
 use gogrid_crds::conditions::{self, Desired};
 use gogrid_crds::resource_profile::ResourceProfileStatus;
-use gogrid_crds::{EffectivePolicy, PolicyError, ResourceProfile};
+use gogrid_crds::{EffectivePolicy, FieldError, ResourceProfile};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
@@ -19,7 +19,7 @@ pub const MAX_LISTED_NODES: usize = 100;
 /// The status the profile should have.
 pub fn desired(
     profile: &ResourceProfile,
-    policy: &Result<EffectivePolicy, PolicyError>,
+    policy: &Result<EffectivePolicy, FieldError>,
     matched: &[String],
     daemonset: Option<&DaemonSet>,
     now: jiff::Timestamp,

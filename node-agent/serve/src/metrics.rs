@@ -1,0 +1,230 @@
+//! Prometheus metrics of the serving layer, labelled by model and version only.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+/// The `model` label of requests for names the registry does not know: request
+/// paths never become label values, so label cardinality stays bounded.
+pub const UNKNOWN: &str = "unknown";
+
+/// The API a request came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// Open Inference Protocol over REST.
+    Rest,
+    /// Open Inference Protocol over gRPC.
+    Grpc,
+    /// OpenAI-style REST.
+    Openai,
+}
+
+impl Protocol {
+    /// The label value: `rest`, `grpc` or `openai`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rest => "rest",
+            Self::Grpc => "grpc",
+            Self::Openai => "openai",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    model: String,
+    version: String,
+    protocol: &'static str,
+    code: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ErrorLabels {
+    model: String,
+    version: String,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ModelLabels {
+    model: String,
+    version: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. ~65 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+fn batch_histogram() -> Histogram {
+    // 1 .. 256 rows
+    Histogram::new(exponential_buckets(1.0, 2.0, 9))
+}
+
+/// Handles to the serving metrics; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    requests: Family<RequestLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
+    latency: Family<ModelLabels, Histogram, fn() -> Histogram>,
+    batch_size: Family<ModelLabels, Histogram, fn() -> Histogram>,
+    queue_depth: Family<ModelLabels, Gauge>,
+    generated_tokens: Family<ModelLabels, Counter>,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them (names start `gogrid_serve_`).
+    pub fn new(registry: &mut Registry) -> Self {
+        let metrics = Self::unregistered();
+        registry.register(
+            "gogrid_serve_requests",
+            "Inference requests by model, version, protocol and outcome code",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "gogrid_serve_errors",
+            "Failed inference requests by model, version and reason",
+            metrics.errors.clone(),
+        );
+        registry.register_with_unit(
+            "gogrid_serve_request_duration",
+            "Inference request latency, arrival to last byte of the answer",
+            Unit::Seconds,
+            metrics.latency.clone(),
+        );
+        registry.register(
+            "gogrid_serve_batch_size",
+            "Rows per batch handed to a backend",
+            metrics.batch_size.clone(),
+        );
+        registry.register(
+            "gogrid_serve_queue_depth",
+            "Requests waiting in a model version's queue",
+            metrics.queue_depth.clone(),
+        );
+        registry.register(
+            "gogrid_serve_generated_tokens",
+            "Tokens generated (rate() gives tokens per second)",
+            metrics.generated_tokens.clone(),
+        );
+        metrics
+    }
+
+    /// Metrics that no registry exposes (tests, benchmarks).
+    pub fn unregistered() -> Self {
+        Self {
+            requests: Family::default(),
+            errors: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            batch_size: Family::new_with_constructor(batch_histogram),
+            queue_depth: Family::default(),
+            generated_tokens: Family::default(),
+        }
+    }
+
+    /// Records one finished request: its outcome `code` (HTTP status, or the
+    /// gRPC code's HTTP equivalent), the error reason if any, and its latency.
+    pub fn record_request(
+        &self,
+        model: &str,
+        version: &str,
+        protocol: Protocol,
+        code: u16,
+        error: Option<&'static str>,
+        elapsed: Duration,
+    ) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                model: model.to_owned(),
+                version: version.to_owned(),
+                protocol: protocol.as_str(),
+                code: code.to_string(),
+            })
+            .inc();
+        if let Some(reason) = error {
+            self.errors
+                .get_or_create(&ErrorLabels {
+                    model: model.to_owned(),
+                    version: version.to_owned(),
+                    reason,
+                })
+                .inc();
+        }
+        self.latency
+            .get_or_create(&labels(model, version))
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records the size of one batch.
+    pub(crate) fn record_batch(&self, model: &str, version: &str, rows: usize) {
+        self.batch_size
+            .get_or_create(&labels(model, version))
+            .observe(rows as f64);
+    }
+
+    /// Sets the queue depth of one model version.
+    pub(crate) fn set_queue_depth(&self, model: &str, version: &str, depth: usize) {
+        let depth = i64::try_from(depth).unwrap_or(i64::MAX);
+        self.queue_depth
+            .get_or_create(&labels(model, version))
+            .set(depth);
+    }
+
+    /// Counts generated tokens.
+    pub(crate) fn add_tokens(&self, model: &str, version: &str, tokens: u64) {
+        self.generated_tokens
+            .get_or_create(&labels(model, version))
+            .inc_by(tokens);
+    }
+
+    /// Forgets the series of a removed model version.
+    pub(crate) fn forget(&self, model: &str, version: &str) {
+        let key = labels(model, version);
+        self.queue_depth.remove(&key);
+    }
+}
+
+fn labels(model: &str, version: &str) -> ModelLabels {
+    ModelLabels {
+        model: model.to_owned(),
+        version: version.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::encoding::text::encode;
+
+    #[test]
+    fn a_recorded_request_shows_up_with_model_version_protocol_and_code() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        metrics.record_request(
+            "m",
+            "1",
+            Protocol::Grpc,
+            429,
+            Some("throttled"),
+            Duration::from_millis(3),
+        );
+        metrics.record_batch("m", "1", 4);
+        let mut text = String::new();
+        assert!(encode(&mut text, &registry).is_ok());
+        assert!(text.contains(
+            r#"gogrid_serve_requests_total{model="m",version="1",protocol="grpc",code="429"} 1"#
+        ));
+        assert!(
+            text.contains(
+                r#"gogrid_serve_errors_total{model="m",version="1",reason="throttled"} 1"#
+            )
+        );
+        assert!(text.contains("gogrid_serve_request_duration_seconds_count"));
+        assert!(text.contains("gogrid_serve_batch_size_sum{model=\"m\",version=\"1\"} 4"));
+    }
+}

@@ -1,0 +1,184 @@
+//! The agent's node core, the one code path of in-cluster and standalone mode:
+//! applies the policy in force (VRAM budgets to the ledger, throttle gate,
+//! batching, adaptive share, process priority), keeps the pipelines equal to
+//! what the node must serve, and serves them over REST and gRPC.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use gogrid_crds::EffectivePolicy;
+use gogrid_crds::gpu_node::PipelineStatus;
+use gogrid_crds::policy::preset_policy;
+use gogrid_runtime::Shutdown;
+use gogrid_serve::{BatchPolicy, Limits, Registry, ServeState};
+use tokio::sync::watch;
+
+use crate::gpu::{Inventory, none::host_memory_bytes};
+use crate::metrics::Metrics;
+use crate::pipeline::admission::{ADMISSION_DEADLINE, GateAdmission};
+use crate::pipeline::manager::Manager;
+use crate::policy::adaptive::Backoff;
+use crate::policy::budget::budgets;
+use crate::policy::ledger::Ledger;
+use crate::policy::priority;
+use crate::policy::throttle::Gate;
+use crate::sync::deployments::Desired;
+
+/// How often the inventory is re-read for budgets and adaptive back-off.
+const POLL: Duration = Duration::from_secs(5);
+
+/// Where the inference servers listen.
+#[derive(Clone, Copy, Debug)]
+pub struct Listen {
+    /// REST.
+    pub http: SocketAddr,
+    /// gRPC.
+    pub grpc: SocketAddr,
+}
+
+/// What the node core is fed.
+#[derive(Debug)]
+pub struct Inputs {
+    /// The node's GPUs.
+    pub inventory: Arc<dyn Inventory>,
+    /// The policy in force.
+    pub policy: watch::Receiver<Option<EffectivePolicy>>,
+    /// The deployments to serve.
+    pub desired: watch::Receiver<Vec<Desired>>,
+}
+
+fn batch_policy(p: &EffectivePolicy) -> BatchPolicy {
+    BatchPolicy {
+        max_batch_size: usize::try_from(p.max_batch_size.max(1)).unwrap_or(1),
+        max_queue_delay: Duration::from_millis(u64::from(p.max_queue_delay_ms)),
+        ..BatchPolicy::default()
+    }
+}
+
+/// Run the node core until shutdown; `pipelines` receives the pipelines' status.
+pub async fn run(
+    inputs: Inputs,
+    listen: Listen,
+    metrics: Arc<Metrics>,
+    pipelines: watch::Sender<Vec<PipelineStatus>>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let Inputs {
+        inventory,
+        mut policy,
+        desired,
+    } = inputs;
+    let host_memory = host_memory_bytes();
+    let gpus = inventory.read().unwrap_or_default();
+    let initial = policy.borrow().clone();
+    let ledger = Arc::new(Ledger::from_budget(&budgets(
+        &gpus,
+        host_memory,
+        initial.as_ref(),
+    )));
+    // Until a policy arrives nothing may load (zero budget) and requests are
+    // gated by the most careful preset.
+    let careful = preset_policy(gogrid_crds::Preset::Conservative);
+    let gate = Arc::new(Gate::new(initial.as_ref().unwrap_or(&careful)));
+    let (batch_tx, batch_rx) = watch::channel(batch_policy(initial.as_ref().unwrap_or(&careful)));
+    let registry = Arc::new(Registry::new(
+        batch_rx,
+        Arc::new(GateAdmission::new(gate.clone(), ADMISSION_DEADLINE)),
+        metrics.serving.clone(),
+    ));
+
+    let apply = {
+        let (ledger, gate, shutdown) = (ledger.clone(), gate.clone(), shutdown.clone());
+        let metrics = metrics.clone();
+        async move {
+            let started = Instant::now();
+            let mut backoff = Backoff::new(None);
+            let mut poll = tokio::time::interval(POLL);
+            loop {
+                let current = policy.borrow_and_update().clone();
+                let gpus = inventory.read().unwrap_or_default();
+                ledger.apply_budget(&budgets(&gpus, host_memory, current.as_ref()));
+                if let Some(p) = &current {
+                    gate.update(p);
+                    batch_tx.send_if_modified(|b| {
+                        let next = batch_policy(p);
+                        let changed = *b != next;
+                        *b = next;
+                        changed
+                    });
+                    backoff.update(p.adaptive.as_ref());
+                    let others = gpus
+                        .iter()
+                        .map(|g| g.other_processes_utilization_percent)
+                        .max()
+                        .unwrap_or(0);
+                    gate.set_share(backoff.sample(started.elapsed(), others));
+                }
+                metrics.observe_policy(&gate, &ledger);
+                tokio::select! {
+                    changed = policy.changed() => {
+                        if changed.is_err() { return anyhow::Ok(()); }
+                        if let Some(p) = policy.borrow().as_ref() {
+                            let report = priority::apply(p);
+                            metrics_priority(&report);
+                        }
+                    }
+                    _ = poll.tick() => {}
+                    _ = shutdown.wait() => return Ok(()),
+                }
+            }
+        }
+    };
+    if let Some(p) = initial.as_ref() {
+        metrics_priority(&priority::apply(p));
+    }
+
+    let manager = Manager::new(registry.clone(), ledger, pipelines);
+    let state = ServeState::new(registry, Limits::default());
+    let http = tokio::net::TcpListener::bind(listen.http)
+        .await
+        .with_context(|| format!("binding the REST server to {}", listen.http))?;
+    let grpc = tokio::net::TcpListener::bind(listen.grpc)
+        .await
+        .with_context(|| format!("binding the gRPC server to {}", listen.grpc))?;
+    tracing::info!(http = %listen.http, grpc = %listen.grpc, "inference servers listening");
+    let http_task = {
+        let (state, shutdown) = (state.clone(), shutdown.clone());
+        async move {
+            gogrid_serve::serve_http(http, state, async move { shutdown.wait().await })
+                .await
+                .context("REST server")
+        }
+    };
+    let grpc_task = {
+        let shutdown = shutdown.clone();
+        async move {
+            gogrid_serve::serve_grpc(grpc, state, async move { shutdown.wait().await })
+                .await
+                .context("gRPC server")
+        }
+    };
+    tokio::try_join!(
+        apply,
+        manager.run(desired, shutdown.clone()),
+        http_task,
+        grpc_task
+    )?;
+    Ok(())
+}
+
+fn metrics_priority(report: &priority::Report) {
+    tracing::debug!(?report, "process priority applied");
+}
+
+/// The CPU kernels this build runs: candle's fast quantized kernels (Q4_0,
+/// Q8_0, K-quants) exist only when AVX2 is enabled at compile time.
+pub fn kernels() -> &'static str {
+    if cfg!(all(target_feature = "avx2", target_feature = "fma")) {
+        "cpu-avx2-fma (candle's fast Q4_0/Q8_0/K-quant kernels)"
+    } else {
+        "cpu-generic (slow quantized kernels: build with -C target-cpu=x86-64-v3)"
+    }
+}

@@ -1,0 +1,4 @@
+//! Standalone mode: the agent without Kubernetes, driven by one file.
+
+pub mod env;
+pub mod file;

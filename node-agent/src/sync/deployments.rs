@@ -1,0 +1,210 @@
+//! Which model versions this node must serve: the InferenceDeployments whose
+//! placement names the node, with the traffic split the operator put in their
+//! status. A pure index fed by a watch, handed on through a watch channel.
+
+use std::collections::BTreeMap;
+
+use futures::StreamExt;
+use gogrid_crds::inference_deployment::{ModelSpec, TrafficSplit};
+use gogrid_crds::rollout::spec_traffic;
+use gogrid_crds::{InferenceDeployment, InferenceDeploymentSpec};
+use gogrid_runtime::Shutdown;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, ResourceExt};
+use tokio::sync::watch;
+
+/// A deployment, by namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DeploymentKey {
+    /// Namespace (`standalone` in standalone mode).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl std::fmt::Display for DeploymentKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// One deployment this node serves.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Desired {
+    /// Which deployment.
+    pub key: DeploymentKey,
+    /// Its spec.
+    pub spec: InferenceDeploymentSpec,
+    /// The split to route by.
+    pub traffic: TrafficSplit,
+}
+
+impl Desired {
+    /// A deployment from its spec alone (standalone mode, or before the operator
+    /// wrote a split): the split the spec asks for.
+    pub fn from_spec(key: DeploymentKey, spec: InferenceDeploymentSpec) -> Self {
+        let (traffic, _) = spec_traffic(&spec);
+        Self { key, spec, traffic }
+    }
+
+    /// Every model version the split needs loaded, stable first.
+    pub fn versions(&self) -> Vec<&ModelSpec> {
+        let mut out = Vec::new();
+        let candidates = [
+            Some(&self.spec.model),
+            self.spec.canary_model(),
+            self.spec.preview_model(),
+        ];
+        let wanted = [
+            Some(self.traffic.stable_version.as_str()),
+            self.traffic.canary_version.as_deref(),
+            self.traffic.preview_version.as_deref(),
+        ];
+        for version in wanted.into_iter().flatten() {
+            if let Some(m) = candidates
+                .iter()
+                .flatten()
+                .find(|m| m.version == version)
+                .filter(|m| !out.iter().any(|o: &&ModelSpec| o.version == m.version))
+            {
+                out.push(*m);
+            }
+        }
+        out
+    }
+}
+
+/// The deployments placed on `node`, by key.
+pub fn placed_on(node: &str, all: &[InferenceDeployment]) -> Vec<Desired> {
+    let mut out: BTreeMap<DeploymentKey, Desired> = BTreeMap::new();
+    for infd in all {
+        let Some(status) = infd.status.as_ref() else {
+            continue;
+        };
+        if !status.placement.iter().any(|p| p.node == node) {
+            continue;
+        }
+        let key = DeploymentKey {
+            namespace: infd.namespace().unwrap_or_default(),
+            name: infd.name_any(),
+        };
+        let mut desired = Desired::from_spec(key.clone(), infd.spec.clone());
+        if let Some(traffic) = status.traffic.clone() {
+            desired.traffic = traffic;
+        }
+        out.insert(key, desired);
+    }
+    out.into_values().collect()
+}
+
+/// Watch InferenceDeployments in every namespace and publish those placed on
+/// `node` until shutdown.
+pub async fn follow(
+    client: kube::Client,
+    node: String,
+    tx: watch::Sender<Vec<Desired>>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let api: Api<InferenceDeployment> = Api::all(client);
+    let (reader, writer) = kube::runtime::reflector::store();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer);
+    let mut stream = std::pin::pin!(stream);
+    loop {
+        tokio::select! {
+            event = stream.next() => match event {
+                // Recompute once the initial list is complete, then on every change.
+                Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => continue,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "watching InferenceDeployments failed; retrying");
+                    continue;
+                }
+                None => return Ok(()),
+            },
+            _ = shutdown.wait() => return Ok(()),
+        }
+        let all: Vec<InferenceDeployment> = reader.state().iter().map(|d| (**d).clone()).collect();
+        let desired = placed_on(&node, &all);
+        tx.send_if_modified(|current| {
+            if *current == desired {
+                return false;
+            }
+            *current = desired;
+            true
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gogrid_crds::InferenceDeploymentStatus;
+    use gogrid_crds::inference_deployment::NodePlacement;
+
+    fn infd(name: &str, nodes: &[&str], canary_weight: Option<i32>) -> InferenceDeployment {
+        let mut spec = serde_json::json!({
+            "profile": "default",
+            "model": {"name": name, "version": "v1", "source": {"path": "/m/v1.gguf"},
+                      "format": "gguf", "task": "text-generation"},
+        });
+        if let Some(w) = canary_weight {
+            spec["rollout"] = serde_json::json!({"strategy": "Canary", "canary": {
+                "weight": w,
+                "model": {"name": name, "version": "v2", "source": {"path": "/m/v2.gguf"},
+                          "format": "gguf", "task": "text-generation"}}});
+        }
+        let mut d = InferenceDeployment::new(name, serde_json::from_value(spec).expect("spec"));
+        d.metadata.namespace = Some("ml".into());
+        d.status = Some(InferenceDeploymentStatus {
+            placement: nodes
+                .iter()
+                .map(|n| NodePlacement {
+                    node: (*n).into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        });
+        d
+    }
+
+    #[test]
+    fn only_deployments_placed_on_the_node_are_desired() {
+        let all = [infd("a", &["n1", "n2"], None), infd("b", &["n2"], None)];
+        let names: Vec<_> = placed_on("n1", &all)
+            .into_iter()
+            .map(|d| d.key.name)
+            .collect();
+        assert_eq!(names, ["a"]);
+        assert_eq!(placed_on("n3", &all), []);
+    }
+
+    #[test]
+    fn the_operators_split_wins_over_the_spec() {
+        let mut d = infd("a", &["n1"], Some(10));
+        let desired = placed_on("n1", std::slice::from_ref(&d));
+        assert_eq!(
+            desired[0].traffic.canary_weight, 10,
+            "spec split before the operator"
+        );
+        d.status.as_mut().expect("status").traffic = Some(TrafficSplit {
+            stable_version: "v1".into(),
+            canary_version: Some("v2".into()),
+            canary_weight: 0,
+            preview_version: None,
+        });
+        let desired = placed_on("n1", &[d]);
+        assert_eq!(desired[0].traffic.canary_weight, 0);
+    }
+
+    #[test]
+    fn a_canary_needs_both_versions_loaded_stable_first() {
+        let d = placed_on("n1", &[infd("a", &["n1"], Some(30))]).remove(0);
+        let versions: Vec<_> = d.versions().iter().map(|m| m.version.clone()).collect();
+        assert_eq!(versions, ["v1", "v2"]);
+        let stable_only = placed_on("n1", &[infd("a", &["n1"], None)]).remove(0);
+        assert_eq!(stable_only.versions().len(), 1);
+    }
+}
