@@ -83,9 +83,14 @@ pub async fn run(
     let careful = preset_policy(gogrid_crds::Preset::Conservative);
     let gate = Arc::new(Gate::new(initial.as_ref().unwrap_or(&careful)));
     let (batch_tx, batch_rx) = watch::channel(batch_policy(initial.as_ref().unwrap_or(&careful)));
+    let admission = Arc::new(GateAdmission::new(
+        gate.clone(),
+        ledger.clone(),
+        ADMISSION_DEADLINE,
+    ));
     let registry = Arc::new(Registry::new(
         batch_rx,
-        Arc::new(GateAdmission::new(gate.clone(), ADMISSION_DEADLINE)),
+        admission.clone(),
         metrics.serving.clone(),
     ));
 
@@ -135,7 +140,7 @@ pub async fn run(
         metrics_priority(&priority::apply(p));
     }
 
-    let manager = Manager::new(registry.clone(), ledger, pipelines);
+    let manager = Manager::new(registry.clone(), ledger, admission, pipelines);
     let state = ServeState::new(registry, Limits::default());
     let http = tokio::net::TcpListener::bind(listen.http)
         .await

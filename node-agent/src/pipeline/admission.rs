@@ -1,52 +1,143 @@
-//! The node's throttle policy as the serving layer's `Admission`: every batch
-//! passes the device's gate (interval, duty cycle, batch size) on the model's
-//! worker thread; a batch that cannot start before the deadline is answered
-//! 429 with Retry-After, and the permit held through the batch feeds the duty
-//! cycle.
+//! The node's policy as the serving layer's `Admission`, run on the model's
+//! worker thread before every batch: the batch's activation estimate is
+//! reserved in the VRAM ledger (refused with 503 and the ledger's reason when
+//! it would break the budget: never run over it), then the device's gate
+//! admits it (interval, duty cycle, batch size); a batch that cannot start
+//! before the deadline is answered 429 with Retry-After. Both are held through
+//! the batch: the reservation is returned and the duty cycle fed when it ends.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use gogrid_serve::{Admission, Permit, Rejection};
 
+use crate::policy::ledger::{Device, Ledger, Use};
 use crate::policy::throttle::{Gate, Refused};
 
 /// How long a batch may wait for its turn before the client is told to retry.
 pub const ADMISSION_DEADLINE: Duration = Duration::from_secs(2);
 
-/// Admission through one device's gate.
-#[derive(Debug, Clone)]
+/// Where a model version's batches run and what each item needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Footprint {
+    /// The device its weights are on.
+    pub device: Device,
+    /// Activation estimate of one batch item, in bytes.
+    pub per_item_bytes: u64,
+}
+
+/// Admission through the ledger and one gate.
+#[derive(Debug)]
 pub struct GateAdmission {
     gate: Arc<Gate>,
+    ledger: Arc<Ledger>,
     deadline: Duration,
-    /// The gate waits on tokio timers; model workers are plain threads.
-    runtime: tokio::runtime::Handle,
+    /// Per model and version; read once per batch, written at load.
+    footprints: RwLock<HashMap<(String, String), Footprint>>,
 }
 
 impl GateAdmission {
-    /// Admit through `gate`, waiting at most `deadline` per batch. Call from
-    /// inside the agent's tokio runtime.
-    pub fn new(gate: Arc<Gate>, deadline: Duration) -> Self {
+    /// Admit through `ledger` and `gate`, waiting at most `deadline` per batch.
+    pub fn new(gate: Arc<Gate>, ledger: Arc<Ledger>, deadline: Duration) -> Self {
         Self {
             gate,
+            ledger,
             deadline,
-            runtime: tokio::runtime::Handle::current(),
+            footprints: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// Record (or with `None` forget) what a model version's batches need.
+    pub fn set_footprint(&self, model: &str, version: &str, footprint: Option<Footprint>) {
+        if let Ok(mut map) = self.footprints.write() {
+            let key = (model.to_owned(), version.to_owned());
+            match footprint {
+                Some(f) => map.insert(key, f),
+                None => map.remove(&key),
+            };
+        }
+    }
+
+    fn footprint(&self, model: &str, version: &str) -> Option<Footprint> {
+        let map = self.footprints.read().ok()?;
+        map.iter()
+            .find(|((m, v), _)| m == model && v == version)
+            .map(|(_, f)| *f)
     }
 }
 
 impl Admission for GateAdmission {
-    fn admit(&self, _model: &str, _version: &str, batch_len: usize) -> Result<Permit, Rejection> {
+    fn admit(&self, model: &str, version: &str, batch_len: usize) -> Result<Permit, Rejection> {
         let n = u32::try_from(batch_len).unwrap_or(u32::MAX);
-        let admitted = self
-            .runtime
-            .block_on(self.gate.admit(n, Instant::now() + self.deadline));
-        match admitted {
-            Ok(permit) => Ok(Permit::with_guard(permit)),
+        let memory = match self.footprint(model, version) {
+            Some(f) if f.per_item_bytes > 0 => {
+                let need = f.per_item_bytes.saturating_mul(u64::from(n));
+                Some(
+                    self.ledger
+                        .try_reserve(f.device, need, Use::Activations)
+                        .map_err(|refusal| Rejection::Refused {
+                            reason: refusal.to_string(),
+                        })?,
+                )
+            }
+            _ => None,
+        };
+        // Model workers are plain threads: the blocking wait sleeps precisely
+        // (tokio's timer would round every duty-cycle idle up to a millisecond).
+        match self.gate.admit_blocking(n, Instant::now() + self.deadline) {
+            Ok(permit) => Ok(Permit::with_guard((permit, memory))),
             Err(Refused::Deadline { retry_after }) => Err(Rejection::Throttled { retry_after }),
             Err(other) => Err(Rejection::Refused {
                 reason: other.to_string(),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gogrid_crds::Preset;
+    use gogrid_crds::policy::preset_policy;
+
+    fn admission(budget: i64) -> (GateAdmission, Arc<Ledger>) {
+        let ledger = Arc::new(Ledger::new([(Device::Cpu, budget)]));
+        let gate = Arc::new(Gate::new(&preset_policy(Preset::Aggressive)));
+        let a = GateAdmission::new(gate, ledger.clone(), ADMISSION_DEADLINE);
+        a.set_footprint(
+            "m",
+            "v1",
+            Some(Footprint {
+                device: Device::Cpu,
+                per_item_bytes: 100,
+            }),
+        );
+        (a, ledger)
+    }
+
+    #[test]
+    fn a_batch_holds_its_activation_estimate_until_it_ends() {
+        let (a, ledger) = admission(1_000);
+        let permit = a.admit("m", "v1", 4).expect("400 of 1000 fit");
+        assert_eq!(ledger.usage(Device::Cpu).map(|u| u.activations), Some(400));
+        drop(permit);
+        assert_eq!(ledger.usage(Device::Cpu).map(|u| u.activations), Some(0));
+    }
+
+    #[test]
+    fn a_batch_whose_estimate_breaks_the_budget_is_refused_not_run() {
+        let (a, ledger) = admission(1_000);
+        let _held = a.admit("m", "v1", 8).expect("800 fit");
+        match a.admit("m", "v1", 3) {
+            Err(Rejection::Refused { reason }) => {
+                assert!(
+                    reason.contains("cpu") && reason.contains("activations"),
+                    "{reason}"
+                )
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(ledger.usage(Device::Cpu).map(|u| u.used), Some(800));
     }
 }

@@ -15,6 +15,7 @@ use gogrid_runtime::Shutdown;
 use gogrid_serve::Registry;
 use tokio::sync::watch;
 
+use super::admission::{Footprint, GateAdmission};
 use super::backend::ModelBackend;
 use super::split::WeightedSplit;
 use crate::policy::ledger::{Device, Ledger, Reservation, Use};
@@ -33,6 +34,7 @@ struct Entry {
 #[derive(Debug)]
 pub struct Manager {
     registry: Arc<Registry>,
+    admission: Arc<GateAdmission>,
     ledger: Arc<Ledger>,
     entries: BTreeMap<(DeploymentKey, String), Entry>,
     splits: BTreeMap<String, Arc<WeightedSplit>>,
@@ -75,10 +77,12 @@ impl Manager {
     pub fn new(
         registry: Arc<Registry>,
         ledger: Arc<Ledger>,
+        admission: Arc<GateAdmission>,
         status: watch::Sender<Vec<PipelineStatus>>,
     ) -> Self {
         Self {
             registry,
+            admission,
             ledger,
             entries: BTreeMap::new(),
             splits: BTreeMap::new(),
@@ -133,6 +137,7 @@ impl Manager {
         for id in gone {
             if let Some(entry) = self.entries.remove(&id) {
                 self.registry.remove(&entry.model.name, &id.1);
+                self.admission.set_footprint(&entry.model.name, &id.1, None);
                 tracing::info!(deployment = %id.0, version = %id.1, "unloaded");
             }
         }
@@ -157,6 +162,22 @@ impl Manager {
                     self.registry.remove(name, &model.version);
                 }
                 let stages = backend.loaded().stages();
+                let per_item_bytes = match backend.loaded() {
+                    gogrid_pipeline::Loaded::Embedder(e) => e.request_bytes(e.max_tokens()),
+                    gogrid_pipeline::Loaded::Generator(g) => {
+                        g.request_bytes(g.config().context_length)
+                    }
+                };
+                if let Some(r) = &reservation {
+                    self.admission.set_footprint(
+                        name,
+                        &model.version,
+                        Some(Footprint {
+                            device: r.device(),
+                            per_item_bytes,
+                        }),
+                    );
+                }
                 let added = self
                     .registry
                     .add(name, &model.version, Arc::new(backend))
