@@ -24,6 +24,8 @@ lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
 	@echo "==> cargo clippy --workspace --all-targets -- -D warnings"
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	@echo "==> cargo clippy -p gogrid-agent --features nvml (the GPU discovery path)"
+	$(CARGO) clippy -p gogrid-agent --features nvml --locked -- -D warnings
 
 .PHONY: unit
 unit: ## Unit, property and model tests of every crate (models come from hack/models.sh)

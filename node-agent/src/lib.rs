@@ -49,6 +49,7 @@ async fn run_in_cluster(args: config::RunArgs) -> anyhow::Result<()> {
     let (policy_tx, policy_rx) = tokio::sync::watch::channel(None);
     let (desired_tx, desired_rx) = tokio::sync::watch::channel(Vec::new());
     let (pipelines_tx, pipelines_rx) = tokio::sync::watch::channel(Vec::new());
+    let (priority_tx, priority_rx) = tokio::sync::watch::channel(None);
     let profile_task = sync::profile::follow(
         client.clone(),
         args.profile.clone(),
@@ -72,7 +73,10 @@ async fn run_in_cluster(args: config::RunArgs) -> anyhow::Result<()> {
             grpc: args.grpc_addr,
         },
         metrics.clone(),
-        pipelines_tx,
+        node::Outputs {
+            pipelines: pipelines_tx,
+            priority: priority_tx,
+        },
         shutdown.clone(),
     );
     let reporter =
@@ -80,6 +84,7 @@ async fn run_in_cluster(args: config::RunArgs) -> anyhow::Result<()> {
     let report_task = reporter.run(
         policy_rx,
         pipelines_rx,
+        priority_rx,
         args.heartbeat(),
         ready.clone(),
         shutdown.clone(),
@@ -131,6 +136,7 @@ async fn run_standalone(args: config::ServeArgs) -> anyhow::Result<()> {
         .collect();
     let (_desired_tx, desired_rx) = tokio::sync::watch::channel(desired);
     let (pipelines_tx, mut pipelines_rx) = tokio::sync::watch::channel(Vec::new());
+    let (priority_tx, _priority_rx) = tokio::sync::watch::channel(None);
     let node_task = node::run(
         node::Inputs {
             inventory,
@@ -142,7 +148,10 @@ async fn run_standalone(args: config::ServeArgs) -> anyhow::Result<()> {
             grpc: file.listen.grpc,
         },
         metrics.clone(),
-        pipelines_tx,
+        node::Outputs {
+            pipelines: pipelines_tx,
+            priority: priority_tx,
+        },
         shutdown.clone(),
     );
     // Without a GpuNode to report to, the pipelines' state goes to the log and

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use gogrid_crds::EffectivePolicy;
+use gogrid_crds::conditions::Desired as Condition;
 use gogrid_crds::gpu_node::PipelineStatus;
 use gogrid_crds::policy::preset_policy;
 use gogrid_runtime::Shutdown;
@@ -57,14 +58,28 @@ fn batch_policy(p: &EffectivePolicy) -> BatchPolicy {
     }
 }
 
-/// Run the node core until shutdown; `pipelines` receives the pipelines' status.
+/// What the node core reports: the pipelines' status and the process
+/// priority's condition.
+#[derive(Debug)]
+pub struct Outputs {
+    /// The pipelines.
+    pub pipelines: watch::Sender<Vec<PipelineStatus>>,
+    /// The `ProcessPriority` condition, once a policy was applied.
+    pub priority: watch::Sender<Option<Condition>>,
+}
+
+/// Run the node core until shutdown.
 pub async fn run(
     inputs: Inputs,
     listen: Listen,
     metrics: Arc<Metrics>,
-    pipelines: watch::Sender<Vec<PipelineStatus>>,
+    outputs: Outputs,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    let Outputs {
+        pipelines,
+        priority: priority_tx,
+    } = outputs;
     let Inputs {
         inventory,
         mut policy,
@@ -94,6 +109,9 @@ pub async fn run(
         metrics.serving.clone(),
     ));
 
+    if let Some(p) = initial.as_ref() {
+        priority_tx.send_replace(Some(priority::condition(&priority::apply(p))));
+    }
     let apply = {
         let (ledger, gate, shutdown) = (ledger.clone(), gate.clone(), shutdown.clone());
         let metrics = metrics.clone();
@@ -126,8 +144,7 @@ pub async fn run(
                     changed = policy.changed() => {
                         if changed.is_err() { return anyhow::Ok(()); }
                         if let Some(p) = policy.borrow().as_ref() {
-                            let report = priority::apply(p);
-                            metrics_priority(&report);
+                            priority_tx.send_replace(Some(priority::condition(&priority::apply(p))));
                         }
                     }
                     _ = poll.tick() => {}
@@ -136,9 +153,6 @@ pub async fn run(
             }
         }
     };
-    if let Some(p) = initial.as_ref() {
-        metrics_priority(&priority::apply(p));
-    }
 
     let manager = Manager::new(registry.clone(), ledger, admission, pipelines);
     let state = ServeState::new(registry, Limits::default());
@@ -172,10 +186,6 @@ pub async fn run(
         grpc_task
     )?;
     Ok(())
-}
-
-fn metrics_priority(report: &priority::Report) {
-    tracing::debug!(?report, "process priority applied");
 }
 
 /// The CPU kernels this build runs: candle's fast quantized kernels (Q4_0,

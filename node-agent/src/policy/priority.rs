@@ -306,6 +306,33 @@ fn io_target(tid: Tid) -> Target {
     Target::Process(ioprio::Pid::from_raw(tid.max(0)))
 }
 
+/// The `ProcessPriority` condition of the node's GpuNode for `report`: false
+/// with the errors when a syscall failed (the agent keeps running).
+pub fn condition(report: &Report) -> gogrid_crds::conditions::Desired {
+    use gogrid_crds::conditions::Desired;
+    fn part<T: fmt::Display>(what: &str, s: &Setting<T>) -> (bool, String) {
+        match s {
+            Setting::Applied(v) => (true, format!("{what} {v}")),
+            Setting::Kept { current, asked } => (
+                true,
+                format!("{what} kept at {current} ({asked} would raise priority)"),
+            ),
+            Setting::Failed { asked, error } => (false, format!("{what} {asked} failed: {error}")),
+        }
+    }
+    let (nice_ok, nice) = part("nice", &report.nice);
+    let (io_ok, io) = part("I/O", &report.io);
+    let message = format!("{nice}; {io}; {} threads", report.threads);
+    if nice_ok && io_ok {
+        Desired::yes(PRIORITY_CONDITION, "Applied", message)
+    } else {
+        Desired::no(PRIORITY_CONDITION, "SyscallFailed", message)
+    }
+}
+
+/// Type of the GpuNode condition that reports the process priority.
+pub const PRIORITY_CONDITION: &str = "ProcessPriority";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,5 +390,33 @@ mod tests {
         let me = current_thread_id().expect("/proc/thread-self");
         assert!(thread_ids().expect("/proc/self/task").contains(&me));
         assert_ne!(me, 0);
+    }
+
+    #[test]
+    fn a_failed_syscall_makes_the_condition_false_and_names_the_error() {
+        let report = Report {
+            threads: 3,
+            nice: Setting::Applied(10),
+            io: Setting::Failed {
+                asked: IoPriority::Idle,
+                error: io::Error::from_raw_os_error(1),
+            },
+        };
+        let c = condition(&report);
+        assert!(!c.status);
+        assert!(
+            c.message.contains("I/O") && c.message.contains("nice 10"),
+            "{}",
+            c.message
+        );
+        let ok = Report {
+            threads: 3,
+            nice: Setting::Kept {
+                current: 15,
+                asked: 10,
+            },
+            io: Setting::Applied(IoPriority::Idle),
+        };
+        assert!(condition(&ok).status);
     }
 }

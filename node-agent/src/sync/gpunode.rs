@@ -146,6 +146,7 @@ impl Reporter {
         self,
         mut policy: watch::Receiver<Option<EffectivePolicy>>,
         mut pipelines: watch::Receiver<Vec<PipelineStatus>>,
+        mut priority: watch::Receiver<Option<gogrid_crds::conditions::Desired>>,
         heartbeat: Duration,
         ready: Readiness,
         shutdown: Shutdown,
@@ -175,7 +176,16 @@ impl Reporter {
                 host_memory,
                 &loaded,
             ) {
-                Ok(desired) => {
+                Ok(mut desired) => {
+                    if let Some(c) = priority.borrow_and_update().clone() {
+                        let previous = last.as_ref().map_or(&[][..], |l| &l.conditions[..]);
+                        desired.conditions = gogrid_crds::conditions::merge(
+                            previous,
+                            &[c],
+                            None,
+                            jiff::Timestamp::now(),
+                        );
+                    }
                     self.metrics.observe(&desired);
                     let due = last_write.elapsed() >= heartbeat;
                     if last.as_ref() != Some(&desired) || due {
@@ -200,6 +210,7 @@ impl Reporter {
             tokio::select! {
                 changed = policy.changed() => if changed.is_err() { shutdown.wait().await; return Ok(()) },
                 changed = pipelines.changed() => if changed.is_err() { shutdown.wait().await; return Ok(()) },
+                changed = priority.changed() => if changed.is_err() { shutdown.wait().await; return Ok(()) },
                 _ = poll.tick() => {}
                 _ = shutdown.wait() => return Ok(()),
             }
