@@ -228,3 +228,77 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::ledger::{Device, Ledger, Use};
+    use crate::policy::throttle::{Decision, Gate};
+    use gogrid_crds::Preset;
+    use gogrid_crds::policy::preset_policy;
+    use std::sync::Arc;
+
+    fn sample(text: &str, name_and_labels: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name_and_labels} not in\n{text}"))
+    }
+
+    #[test]
+    fn the_exposed_admission_counts_and_vram_use_are_the_gates_and_the_ledgers() {
+        let mut policy = preset_policy(Preset::Conservative);
+        policy.min_request_interval_ms = 60_000;
+        let gate = Gate::new(&policy);
+        let mut admitted = 0;
+        let mut waits = 0;
+        for _ in 0..25 {
+            match gate.try_admit(1) {
+                Decision::Admitted { .. } => {
+                    admitted += 1;
+                    gate.finish(std::time::Duration::ZERO);
+                }
+                Decision::Wait { .. } => waits += 1,
+                Decision::Refused { .. } => {}
+            }
+        }
+        let _ = gate.try_admit(99); // over the conservative batch of 2
+        let ledger = Arc::new(Ledger::new([(Device::Gpu(0), 1 << 30)]));
+        let _held = ledger
+            .try_reserve(Device::Gpu(0), 123_456, Use::Weights)
+            .expect("fits");
+
+        let m = Metrics::default();
+        m.observe_policy(&gate, &ledger);
+        let text = m.encode();
+        assert_eq!(admitted, 1, "a one-minute interval admits one");
+        assert_eq!(
+            sample(
+                &text,
+                r#"gogrid_agent_admissions{outcome="admitted",reason=""}"#
+            ),
+            f64::from(admitted)
+        );
+        let throttled = sample(
+            &text,
+            r#"gogrid_agent_admissions{outcome="throttled",reason="interval"}"#,
+        ) + sample(
+            &text,
+            r#"gogrid_agent_admissions{outcome="throttled",reason="duty_cycle"}"#,
+        ) + sample(
+            &text,
+            r#"gogrid_agent_admissions{outcome="throttled",reason="busy"}"#,
+        );
+        assert_eq!(throttled, f64::from(waits));
+        assert_eq!(
+            sample(
+                &text,
+                r#"gogrid_agent_admissions{outcome="refused",reason="batch_too_large"}"#
+            ),
+            1.0
+        );
+        assert_eq!(
+            sample(&text, r#"gogrid_agent_vram_used_bytes{gpu="0"}"#),
+            123_456.0
+        );
+    }
+}
