@@ -22,7 +22,7 @@ use crate::pipeline::admission::{ADMISSION_DEADLINE, GateAdmission};
 use crate::pipeline::manager::Manager;
 use crate::policy::adaptive::Backoff;
 use crate::policy::budget::budgets;
-use crate::policy::ledger::Ledger;
+use crate::policy::ledger::{Device, Ledger};
 use crate::policy::priority;
 use crate::policy::throttle::Gate;
 use crate::sync::deployments::Desired;
@@ -88,14 +88,16 @@ pub async fn run(
     let host_memory = host_memory_bytes();
     let gpus = inventory.read().unwrap_or_default();
     let initial = policy.borrow().clone();
-    let ledger = Arc::new(Ledger::from_budget(&budgets(
-        &gpus,
-        host_memory,
-        initial.as_ref(),
-    )));
-    // Until a policy arrives nothing may load (zero budget) and requests are
-    // gated by the most careful preset.
+    // The ledger's devices are the node's (host memory without GPUs); their
+    // budgets are zero until a policy says otherwise.
     let careful = preset_policy(gogrid_crds::Preset::Conservative);
+    let devices = budgets(&gpus, host_memory, Some(&careful));
+    let ledger = Arc::new(Ledger::from_budget(&devices));
+    for d in &devices.devices {
+        ledger.set_budget(Device::from_index(d.index), 0);
+    }
+    ledger.apply_budget(&budgets(&gpus, host_memory, initial.as_ref()));
+    // Until a policy arrives requests are gated by the most careful preset.
     let gate = Arc::new(Gate::new(initial.as_ref().unwrap_or(&careful)));
     let (batch_tx, batch_rx) = watch::channel(batch_policy(initial.as_ref().unwrap_or(&careful)));
     let admission = Arc::new(GateAdmission::new(

@@ -83,9 +83,15 @@ impl Admission for GateAdmission {
             }
             _ => None,
         };
+        // The batcher never groups requests beyond the policy's batch size, but
+        // one client request may carry more rows: it runs alone, as a full batch.
+        let rows = n.min(self.gate.max_batch()).max(1);
         // Model workers are plain threads: the blocking wait sleeps precisely
         // (tokio's timer would round every duty-cycle idle up to a millisecond).
-        match self.gate.admit_blocking(n, Instant::now() + self.deadline) {
+        match self
+            .gate
+            .admit_blocking(rows, Instant::now() + self.deadline)
+        {
             Ok(permit) => Ok(Permit::with_guard((permit, memory))),
             Err(Refused::Deadline { retry_after }) => Err(Rejection::Throttled { retry_after }),
             Err(other) => Err(Rejection::Refused {
@@ -123,6 +129,15 @@ mod tests {
         assert_eq!(ledger.usage(Device::Cpu).map(|u| u.activations), Some(400));
         drop(permit);
         assert_eq!(ledger.usage(Device::Cpu).map(|u| u.activations), Some(0));
+    }
+
+    #[test]
+    fn one_request_with_more_rows_than_the_policys_batch_runs_alone() {
+        let (a, _) = admission(1 << 20);
+        assert!(
+            a.admit("m", "v1", 40).is_ok(),
+            "aggressive allows 16; 40 rows run as one batch"
+        );
     }
 
     #[test]

@@ -21,6 +21,9 @@ use super::split::WeightedSplit;
 use crate::policy::ledger::{Device, Ledger, Reservation, Use};
 use crate::sync::deployments::{DeploymentKey, Desired};
 
+/// How often failed loads are tried again.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// One loaded (or failed) model version.
 #[derive(Debug)]
 struct Entry {
@@ -96,11 +99,17 @@ impl Manager {
         mut desired: watch::Receiver<Vec<Desired>>,
         shutdown: Shutdown,
     ) -> anyhow::Result<()> {
+        // Failed loads are retried: the budget may have grown (a policy that
+        // arrived, a window that started, another process that left) or the
+        // file may have appeared.
+        let mut retry = tokio::time::interval(RETRY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let wanted = desired.borrow_and_update().clone();
             self.reconcile(&wanted).await;
             tokio::select! {
                 changed = desired.changed() => if changed.is_err() { return Ok(()) },
+                _ = retry.tick() => {}
                 _ = shutdown.wait() => return Ok(()),
             }
         }
@@ -112,7 +121,8 @@ impl Manager {
             for model in d.versions() {
                 let id = (d.key.clone(), model.version.clone());
                 let current = self.entries.get(&id);
-                if current.is_some_and(|e| e.model == *model) {
+                // Loaded with this spec: nothing to do. Failed with it: retried.
+                if current.is_some_and(|e| e.model == *model && e.status.ready) {
                     continue;
                 }
                 self.load(&d.key, model).await;
