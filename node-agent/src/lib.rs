@@ -50,6 +50,7 @@ async fn run_in_cluster(args: config::RunArgs) -> anyhow::Result<()> {
     let (desired_tx, desired_rx) = tokio::sync::watch::channel(Vec::new());
     let (pipelines_tx, pipelines_rx) = tokio::sync::watch::channel(Vec::new());
     let (priority_tx, priority_rx) = tokio::sync::watch::channel(None);
+    let (gpus_tx, gpus_rx) = tokio::sync::watch::channel(Vec::new());
     let profile_task = sync::profile::follow(
         client.clone(),
         args.profile.clone(),
@@ -76,15 +77,19 @@ async fn run_in_cluster(args: config::RunArgs) -> anyhow::Result<()> {
         node::Outputs {
             pipelines: pipelines_tx,
             priority: priority_tx,
+            gpus: gpus_tx,
         },
         shutdown.clone(),
     );
     let reporter =
         sync::gpunode::Reporter::new(client, args.identity(), inventory, metrics.clone());
     let report_task = reporter.run(
-        policy_rx,
-        pipelines_rx,
-        priority_rx,
+        sync::gpunode::Feeds {
+            policy: policy_rx,
+            pipelines: pipelines_rx,
+            priority: priority_rx,
+            gpus: gpus_rx,
+        },
         args.heartbeat(),
         ready.clone(),
         shutdown.clone(),
@@ -137,6 +142,7 @@ async fn run_standalone(args: config::ServeArgs) -> anyhow::Result<()> {
     let (_desired_tx, desired_rx) = tokio::sync::watch::channel(desired);
     let (pipelines_tx, mut pipelines_rx) = tokio::sync::watch::channel(Vec::new());
     let (priority_tx, _priority_rx) = tokio::sync::watch::channel(None);
+    let (gpus_tx, _gpus_rx) = tokio::sync::watch::channel(Vec::new());
     let node_task = node::run(
         node::Inputs {
             inventory,
@@ -151,6 +157,7 @@ async fn run_standalone(args: config::ServeArgs) -> anyhow::Result<()> {
         node::Outputs {
             pipelines: pipelines_tx,
             priority: priority_tx,
+            gpus: gpus_tx,
         },
         shutdown.clone(),
     );

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use gogrid_crds::EffectivePolicy;
 use gogrid_crds::conditions::Desired as Condition;
-use gogrid_crds::gpu_node::PipelineStatus;
+use gogrid_crds::gpu_node::{GpuInfo, PipelineStatus};
 use gogrid_crds::policy::preset_policy;
 use gogrid_runtime::Shutdown;
 use gogrid_serve::{BatchPolicy, Limits, Registry, ServeState};
@@ -66,6 +66,8 @@ pub struct Outputs {
     pub pipelines: watch::Sender<Vec<PipelineStatus>>,
     /// The `ProcessPriority` condition, once a policy was applied.
     pub priority: watch::Sender<Option<Condition>>,
+    /// The GPUs as last read (the one reader of the inventory).
+    pub gpus: watch::Sender<Vec<GpuInfo>>,
 }
 
 /// Run the node core until shutdown.
@@ -79,6 +81,7 @@ pub async fn run(
     let Outputs {
         pipelines,
         priority: priority_tx,
+        gpus: gpus_tx,
     } = outputs;
     let Inputs {
         inventory,
@@ -123,7 +126,20 @@ pub async fn run(
             let mut poll = tokio::time::interval(POLL);
             loop {
                 let current = policy.borrow_and_update().clone();
-                let gpus = inventory.read().unwrap_or_default();
+                let gpus = match inventory.read() {
+                    Ok(gpus) => gpus,
+                    Err(e) => {
+                        tracing::warn!(error = format!("{e:#}"), "GPU inventory unreadable");
+                        Vec::new()
+                    }
+                };
+                gpus_tx.send_if_modified(|current| {
+                    let changed = *current != gpus;
+                    if changed {
+                        current.clone_from(&gpus);
+                    }
+                    changed
+                });
                 ledger.apply_budget(&budgets(&gpus, host_memory, current.as_ref()));
                 if let Some(p) = &current {
                     gate.update(p);

@@ -33,8 +33,8 @@ pub struct GateAdmission {
     gate: Arc<Gate>,
     ledger: Arc<Ledger>,
     deadline: Duration,
-    /// Per model and version; read once per batch, written at load.
-    footprints: RwLock<HashMap<(String, String), Footprint>>,
+    /// By model, then version; read once per batch, written at load.
+    footprints: RwLock<HashMap<String, HashMap<String, Footprint>>>,
 }
 
 impl GateAdmission {
@@ -51,19 +51,24 @@ impl GateAdmission {
     /// Record (or with `None` forget) what a model version's batches need.
     pub fn set_footprint(&self, model: &str, version: &str, footprint: Option<Footprint>) {
         if let Ok(mut map) = self.footprints.write() {
-            let key = (model.to_owned(), version.to_owned());
             match footprint {
-                Some(f) => map.insert(key, f),
-                None => map.remove(&key),
-            };
+                Some(f) => {
+                    map.entry(model.to_owned())
+                        .or_default()
+                        .insert(version.to_owned(), f);
+                }
+                None => {
+                    if let Some(versions) = map.get_mut(model) {
+                        versions.remove(version);
+                    }
+                }
+            }
         }
     }
 
     fn footprint(&self, model: &str, version: &str) -> Option<Footprint> {
         let map = self.footprints.read().ok()?;
-        map.iter()
-            .find(|((m, v), _)| m == model && v == version)
-            .map(|(_, f)| *f)
+        map.get(model)?.get(version).copied()
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use gogrid_crds::gpu_node::{AgentInfo, GpuNodeSpec, GpuNodeStatus, PipelineStatus};
+use gogrid_crds::gpu_node::{AgentInfo, GpuInfo, GpuNodeSpec, GpuNodeStatus, PipelineStatus};
 use gogrid_crds::labels::AGENT_MANAGER;
 use gogrid_crds::{EffectivePolicy, GpuNode};
 use gogrid_runtime::Shutdown;
@@ -23,8 +23,22 @@ use crate::gpu::{Inventory, none::host_memory_bytes};
 use crate::metrics::Metrics;
 use crate::policy::budget::budgets;
 
-/// How often the GPU inventory is read.
+/// How often the heartbeat is checked (the inventory comes from the node
+/// core, which reads it once for budgets, back-off and this report).
 const POLL: Duration = Duration::from_secs(5);
+
+/// What the report is made of, each as the node core publishes it.
+#[derive(Debug)]
+pub struct Feeds {
+    /// The policy in force.
+    pub policy: watch::Receiver<Option<EffectivePolicy>>,
+    /// The pipelines.
+    pub pipelines: watch::Receiver<Vec<PipelineStatus>>,
+    /// The `ProcessPriority` condition.
+    pub priority: watch::Receiver<Option<gogrid_crds::conditions::Desired>>,
+    /// The GPUs as last read.
+    pub gpus: watch::Receiver<Vec<GpuInfo>>,
+}
 
 /// Writes this node's GpuNode.
 pub struct Reporter {
@@ -38,13 +52,14 @@ pub struct Reporter {
 pub fn status(
     identity: &Identity,
     inventory: &dyn Inventory,
+    gpus: &[GpuInfo],
     policy: Option<&EffectivePolicy>,
     host_memory: i64,
     pipelines: &[PipelineStatus],
-) -> anyhow::Result<GpuNodeStatus> {
-    let gpus = inventory.read().context("reading the GPU inventory")?;
+) -> GpuNodeStatus {
+    let gpus = gpus.to_vec();
     let budget = budgets(&gpus, host_memory, policy);
-    Ok(GpuNodeStatus {
+    GpuNodeStatus {
         agent: Some(AgentInfo {
             pod_name: identity.pod.clone(),
             pod_ip: identity.pod_ip.clone(),
@@ -64,7 +79,7 @@ pub fn status(
         pipelines: pipelines.to_vec(),
         heartbeat_time: None,
         conditions: Vec::new(),
-    })
+    }
 }
 
 impl std::fmt::Debug for Reporter {
@@ -144,13 +159,17 @@ impl Reporter {
     /// Report until shutdown.
     pub async fn run(
         self,
-        mut policy: watch::Receiver<Option<EffectivePolicy>>,
-        mut pipelines: watch::Receiver<Vec<PipelineStatus>>,
-        mut priority: watch::Receiver<Option<gogrid_crds::conditions::Desired>>,
+        feeds: Feeds,
         heartbeat: Duration,
         ready: Readiness,
         shutdown: Shutdown,
     ) -> anyhow::Result<()> {
+        let Feeds {
+            mut policy,
+            mut pipelines,
+            mut priority,
+            mut gpus,
+        } = feeds;
         let mut backoff = Duration::from_secs(1);
         while let Err(e) = self.ensure_object().await {
             tracing::warn!(
@@ -169,48 +188,42 @@ impl Reporter {
         loop {
             let current = policy.borrow_and_update().clone();
             let loaded = pipelines.borrow_and_update().clone();
-            match status(
+            let inventory = gpus.borrow_and_update().clone();
+            let mut desired = status(
                 &self.identity,
                 self.inventory.as_ref(),
+                &inventory,
                 current.as_ref(),
                 host_memory,
                 &loaded,
-            ) {
-                Ok(mut desired) => {
-                    if let Some(c) = priority.borrow_and_update().clone() {
-                        let previous = last.as_ref().map_or(&[][..], |l| &l.conditions[..]);
-                        desired.conditions = gogrid_crds::conditions::merge(
-                            previous,
-                            &[c],
-                            None,
-                            jiff::Timestamp::now(),
-                        );
-                    }
-                    self.metrics.observe(&desired);
-                    let due = last_write.elapsed() >= heartbeat;
-                    if last.as_ref() != Some(&desired) || due {
-                        match self.write(&desired).await {
-                            Ok(()) => {
-                                if last.as_ref() != Some(&desired) {
-                                    tracing::info!(gpus = desired.gpu_count, budget = ?desired.budget.as_ref().map(|b| &b.vram_budget_human), "reported GpuNode");
-                                }
-                                last = Some(desired);
-                                last_write = tokio::time::Instant::now();
-                                ready.set(true);
-                            }
-                            Err(e) => tracing::warn!(
-                                error = format!("{e:#}"),
-                                "GpuNode write failed; will retry"
-                            ),
+            );
+            if let Some(c) = priority.borrow_and_update().clone() {
+                let previous = last.as_ref().map_or(&[][..], |l| &l.conditions[..]);
+                desired.conditions =
+                    gogrid_crds::conditions::merge(previous, &[c], None, jiff::Timestamp::now());
+            }
+            self.metrics.observe(&desired);
+            let due = last_write.elapsed() >= heartbeat;
+            if last.as_ref() != Some(&desired) || due {
+                match self.write(&desired).await {
+                    Ok(()) => {
+                        if last.as_ref() != Some(&desired) {
+                            tracing::info!(gpus = desired.gpu_count, budget = ?desired.budget.as_ref().map(|b| &b.vram_budget_human), "reported GpuNode");
                         }
+                        last = Some(desired);
+                        last_write = tokio::time::Instant::now();
+                        ready.set(true);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = format!("{e:#}"), "GpuNode write failed; will retry")
                     }
                 }
-                Err(e) => tracing::warn!(error = format!("{e:#}"), "GPU inventory unreadable"),
             }
             tokio::select! {
                 changed = policy.changed() => if changed.is_err() { shutdown.wait().await; return Ok(()) },
                 changed = pipelines.changed() => if changed.is_err() { shutdown.wait().await; return Ok(()) },
                 changed = priority.changed() => if changed.is_err() { shutdown.wait().await; return Ok(()) },
+                changed = gpus.changed() => if changed.is_err() { shutdown.wait().await; return Ok(()) },
                 _ = poll.tick() => {}
                 _ = shutdown.wait() => return Ok(()),
             }
@@ -224,6 +237,10 @@ mod tests {
     use crate::gpu::declared::Declared;
     use gogrid_crds::Preset;
     use gogrid_crds::policy::preset_policy;
+
+    fn gpus_of(inv: &Declared) -> Vec<GpuInfo> {
+        inv.read().expect("a declared inventory reads")
+    }
 
     fn identity() -> Identity {
         Identity {
@@ -241,7 +258,7 @@ mod tests {
     fn a_declared_inventory_is_reported_as_simulated_with_the_budget_in_force() {
         let inv = Declared::parse("2x24Gi").expect("inventory");
         let p = preset_policy(Preset::Default);
-        let s = status(&identity(), &inv, Some(&p), 0, &[]).expect("status");
+        let s = status(&identity(), &inv, &gpus_of(&inv), Some(&p), 0, &[]);
         let json = serde_json::to_value(&s).expect("json");
         assert_eq!(
             json["agent"]["podIP"], "10.244.1.2",
@@ -264,17 +281,17 @@ mod tests {
     fn the_same_inputs_give_the_same_status_so_nothing_is_rewritten() {
         let inv = Declared::parse("24Gi").expect("inventory");
         let p = preset_policy(Preset::Aggressive);
-        let a = status(&identity(), &inv, Some(&p), 0, &[]).expect("a");
-        let b = status(&identity(), &inv, Some(&p), 0, &[]).expect("b");
+        let a = status(&identity(), &inv, &gpus_of(&inv), Some(&p), 0, &[]);
+        let b = status(&identity(), &inv, &gpus_of(&inv), Some(&p), 0, &[]);
         assert_eq!(a, b);
         let c = status(
             &identity(),
             &inv,
+            &gpus_of(&inv),
             Some(&preset_policy(Preset::Conservative)),
             0,
             &[],
-        )
-        .expect("c");
+        );
         assert_ne!(a, c, "a policy change is a change");
     }
 }
