@@ -24,8 +24,8 @@ lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
 	@echo "==> cargo clippy --workspace --all-targets -- -D warnings"
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
-	@echo "==> cargo clippy -p gogrid-agent --features nvml (the GPU discovery path)"
-	$(CARGO) clippy -p gogrid-agent --features nvml --locked -- -D warnings
+	@echo "==> cargo clippy -p gogrid-agent --features gpu (NVML and CUDA driver discovery)"
+	$(CARGO) clippy -p gogrid-agent --features gpu --locked -- -D warnings
 
 .PHONY: unit
 unit: ## Unit, property and model tests of every crate (models come from hack/models.sh)
@@ -34,6 +34,8 @@ unit: ## Unit, property and model tests of every crate (models come from hack/mo
 	@echo "==> cargo test (unit)"
 	CANDLE_NUM_THREADS=1 GOGRID_MODEL_MINILM="$$(hack/models.sh minilm)" GOGRID_MODEL_SMOLLM2="$$(hack/models.sh smollm2)" \
 	  $(CARGO) test --locked
+	@echo "==> cargo test -p gogrid-agent --features gpu (NVML and CUDA driver discovery, without a GPU here)"
+	$(CARGO) test -p gogrid-agent --features gpu --locked --lib gpu::
 
 .PHONY: chart
 chart: ## helm lint, helm-unittest suites and the install.yaml drift check

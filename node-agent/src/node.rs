@@ -117,6 +117,7 @@ pub async fn run(
     if let Some(p) = initial.as_ref() {
         priority_tx.send_replace(Some(priority::condition(&priority::apply(p))));
     }
+    let placement = inventory.clone();
     let apply = {
         let (ledger, gate, shutdown) = (ledger.clone(), gate.clone(), shutdown.clone());
         let metrics = metrics.clone();
@@ -172,7 +173,7 @@ pub async fn run(
         }
     };
 
-    let manager = Manager::new(registry.clone(), ledger, admission, pipelines);
+    let manager = Manager::new(registry.clone(), ledger, admission, pipelines, placement);
     let state = ServeState::new(registry, Limits::default());
     let http = tokio::net::TcpListener::bind(listen.http)
         .await

@@ -19,7 +19,7 @@ use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::Device;
+pub use candle_core::Device;
 use candle_core::quantized::gguf_file::Content;
 
 pub use candle_core::quantized::GgmlDType;

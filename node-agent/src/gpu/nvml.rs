@@ -11,6 +11,7 @@ use nvml_wrapper::Nvml as Library;
 use nvml_wrapper::enums::device::UsedGpuMemory;
 
 use super::Inventory;
+use super::cuda::CudaDevices;
 
 /// Processes listed per GPU in the GpuNode (largest first).
 const MAX_PROCESSES: usize = 16;
@@ -22,6 +23,8 @@ pub struct Nvml {
     own_pid: u32,
     /// Per GPU, the timestamp of the newest utilisation sample already read.
     last_sample: Mutex<HashMap<u32, u64>>,
+    /// The CUDA driver's view (ordinals by UUID); empty without libcuda.
+    cuda: CudaDevices,
 }
 
 impl std::fmt::Debug for Nvml {
@@ -39,10 +42,21 @@ impl Nvml {
         if let Ok(version) = library.sys_driver_version() {
             tracing::info!(driver = %version, "NVML opened");
         }
+        let cuda = CudaDevices::open().unwrap_or_else(|e| {
+            tracing::info!(
+                error = format!("{e:#}"),
+                "the CUDA driver is not usable: GPUs are reported, pipelines run on the CPU device"
+            );
+            CudaDevices::default()
+        });
+        if !cuda.is_empty() {
+            tracing::info!(devices = cuda.len(), "CUDA driver opened");
+        }
         Ok(Self {
             library,
             own_pid: std::process::id(),
             last_sample: Mutex::new(HashMap::new()),
+            cuda,
         })
     }
 
@@ -131,8 +145,31 @@ impl Inventory for Nvml {
         false
     }
 
+    fn cuda_ordinal(&self, index: u32) -> Option<usize> {
+        if !cfg!(feature = "cuda") {
+            return None;
+        }
+        let uuid = self.library.device_by_index(index).ok()?.uuid().ok()?;
+        self.cuda.ordinal(&uuid)
+    }
+
+    fn cuda_free_bytes(&self, index: u32) -> Option<u64> {
+        let ordinal = self.cuda_ordinal(index)?;
+        match super::cuda::memory(ordinal) {
+            Ok((free, _)) => Some(free),
+            Err(e) => {
+                tracing::warn!(
+                    gpu = index,
+                    error = format!("{e:#}"),
+                    "CUDA free memory unreadable"
+                );
+                None
+            }
+        }
+    }
+
     fn device(&self) -> &'static str {
-        if cfg!(feature = "cuda") {
+        if cfg!(feature = "cuda") && !self.cuda.is_empty() {
             "cuda"
         } else {
             "cpu"

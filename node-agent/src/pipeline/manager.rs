@@ -9,8 +9,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use gogrid_crds::gpu_node::{PipelineStatus, StageStatus};
-use gogrid_crds::inference_deployment::{ModelFormat, ModelSpec, ModelTask, TrafficSplit};
-use gogrid_pipeline::{DeviceBudget, Format, LoadSpec, Requantize, Task};
+use gogrid_crds::inference_deployment::{
+    ModelFormat, ModelSpec, ModelTask, PipelineSpec, TrafficSplit,
+};
+use gogrid_pipeline::{DeviceBudget, ExplicitStage, Format, LoadSpec, Requantize, Task};
 use gogrid_runtime::Shutdown;
 use gogrid_serve::Registry;
 use tokio::sync::watch;
@@ -18,6 +20,7 @@ use tokio::sync::watch;
 use super::admission::{Footprint, GateAdmission};
 use super::backend::ModelBackend;
 use super::split::WeightedSplit;
+use crate::gpu::Inventory;
 use crate::policy::ledger::{Device, Ledger, Reservation, Use};
 use crate::sync::deployments::{DeploymentKey, Desired};
 
@@ -29,8 +32,8 @@ const RETRY: std::time::Duration = std::time::Duration::from_secs(15);
 struct Entry {
     model: ModelSpec,
     status: PipelineStatus,
-    /// Weights held in the ledger while loaded.
-    _reservation: Option<Reservation>,
+    /// Weights held in the ledger while loaded, one per stage.
+    _reservations: Vec<Reservation>,
 }
 
 /// The pipelines of this node.
@@ -42,6 +45,15 @@ pub struct Manager {
     entries: BTreeMap<(DeploymentKey, String), Entry>,
     splits: BTreeMap<String, Arc<WeightedSplit>>,
     status: watch::Sender<Vec<PipelineStatus>>,
+    inventory: Arc<dyn Inventory>,
+}
+
+/// The devices a load is offered: ledger devices (none: the CPU, unaccounted)
+/// with their free bytes, and the explicit stages over them.
+#[derive(Debug, Default)]
+struct Offer {
+    devices: Vec<(Option<Device>, DeviceBudget)>,
+    stages: Vec<ExplicitStage>,
 }
 
 /// The weights file a model spec names, as the agent sees it.
@@ -57,7 +69,7 @@ pub fn weights_path(model: &ModelSpec) -> Result<PathBuf, String> {
     }
 }
 
-fn load_spec(model: &ModelSpec, free: u64) -> Result<LoadSpec, String> {
+fn load_spec(model: &ModelSpec, offer: &Offer) -> Result<LoadSpec, String> {
     Ok(LoadSpec {
         path: weights_path(model)?,
         format: match model.format {
@@ -69,8 +81,8 @@ fn load_spec(model: &ModelSpec, free: u64) -> Result<LoadSpec, String> {
             ModelTask::TextGeneration => Task::TextGeneration,
         },
         sha256: model.sha256.clone(),
-        devices: vec![DeviceBudget::cpu(free)],
-        stages: Vec::new(),
+        devices: offer.devices.iter().map(|(_, d)| d.clone()).collect(),
+        stages: offer.stages.clone(),
         requantize: Requantize::default(),
     })
 }
@@ -82,6 +94,7 @@ impl Manager {
         ledger: Arc<Ledger>,
         admission: Arc<GateAdmission>,
         status: watch::Sender<Vec<PipelineStatus>>,
+        inventory: Arc<dyn Inventory>,
     ) -> Self {
         Self {
             registry,
@@ -90,6 +103,7 @@ impl Manager {
             entries: BTreeMap::new(),
             splits: BTreeMap::new(),
             status,
+            inventory,
         }
     }
 
@@ -125,7 +139,7 @@ impl Manager {
                 if current.is_some_and(|e| e.model == *model && e.status.ready) {
                     continue;
                 }
-                self.load(&d.key, model).await;
+                self.load(&d.key, model, d.spec.pipeline.as_ref()).await;
             }
             self.route(&d.spec.model.name, &d.traffic);
         }
@@ -156,7 +170,12 @@ impl Manager {
         self.publish(wanted);
     }
 
-    async fn load(&mut self, key: &DeploymentKey, model: &ModelSpec) {
+    async fn load(
+        &mut self,
+        key: &DeploymentKey,
+        model: &ModelSpec,
+        pipeline: Option<&PipelineSpec>,
+    ) {
         let id = (key.clone(), model.version.clone());
         let mut status = PipelineStatus {
             namespace: key.namespace.clone(),
@@ -164,8 +183,8 @@ impl Manager {
             version: model.version.clone(),
             ..Default::default()
         };
-        match self.try_load(model).await {
-            Ok((backend, reservation)) => {
+        match self.try_load(model, pipeline).await {
+            Ok((backend, reservations)) => {
                 let name = &model.name;
                 let replaced = self.entries.remove(&id).is_some();
                 if replaced {
@@ -178,7 +197,7 @@ impl Manager {
                         g.request_bytes(g.config().context_length)
                     }
                 };
-                if let Some(r) = &reservation {
+                if let Some(r) = reservations.first() {
                     self.admission.set_footprint(
                         name,
                         &model.version,
@@ -196,7 +215,7 @@ impl Manager {
                     status.message = Some(format!("registering the model failed: {e}"));
                 } else {
                     status.ready = true;
-                    status.vram_bytes = reservation.as_ref().map_or(0, |r| r.bytes() as i64);
+                    status.vram_bytes = reservations.iter().map(|r| r.bytes() as i64).sum();
                     status.stages = stages
                         .iter()
                         .map(|s| StageStatus {
@@ -213,7 +232,7 @@ impl Manager {
                     Entry {
                         model: model.clone(),
                         status,
-                        _reservation: reservation,
+                        _reservations: reservations,
                     },
                 );
             }
@@ -233,7 +252,7 @@ impl Manager {
                             Entry {
                                 model: model.clone(),
                                 status,
-                                _reservation: None,
+                                _reservations: Vec::new(),
                             },
                         );
                     }
@@ -245,32 +264,133 @@ impl Manager {
     async fn try_load(
         &self,
         model: &ModelSpec,
-    ) -> Result<(ModelBackend, Option<Reservation>), String> {
-        // Pipelines run on the CPU device in this build; the weights are
-        // accounted on the device with the most room (a GPU's budget on a
-        // simulated or NVML node, host memory on a CPU-only one).
-        let target = self
-            .ledger
-            .snapshot()
-            .into_iter()
-            .max_by_key(|u| u.budget - u.used)
-            .map_or(Device::Cpu, |u| u.device);
-        let free = self
-            .ledger
-            .usage(target)
-            .map_or(0, |u| u64::try_from(u.budget - u.used).unwrap_or(0));
-        let spec = load_spec(model, free)?;
+        pipeline: Option<&PipelineSpec>,
+    ) -> Result<(ModelBackend, Vec<Reservation>), String> {
+        let offer = self.offer(pipeline)?;
+        let spec = load_spec(model, &offer)?;
         let planned = gogrid_pipeline::plan_load(&spec).map_err(|e| e.to_string())?;
-        let need: u64 = planned.iter().map(|s| s.bytes).sum();
-        let reservation = self
-            .ledger
-            .try_reserve(target, need, Use::Weights)
-            .map_err(|e| format!("refused: {e}"))?;
+        // Every stage's weights are reserved before anything is read; a
+        // refusal drops the reservations already taken.
+        let mut reservations = Vec::with_capacity(planned.len());
+        for stage in &planned {
+            let device = offer
+                .devices
+                .iter()
+                .find(|(_, d)| d.name == stage.device)
+                .and_then(|(ledger, _)| *ledger);
+            let Some(device) = device else { continue };
+            if let Some(free) = self.driver_free_bytes(device)
+                && free < stage.bytes
+            {
+                return Err(format!(
+                    "refused: the CUDA driver reports {free} bytes free on {}, the stage of layers {}..={} needs {}",
+                    stage.device, stage.first_layer, stage.last_layer, stage.bytes
+                ));
+            }
+            reservations.push(
+                self.ledger
+                    .try_reserve(device, stage.bytes, Use::Weights)
+                    .map_err(|e| format!("refused: {e}"))?,
+            );
+        }
         let loaded = tokio::task::spawn_blocking(move || gogrid_pipeline::load(&spec))
             .await
             .map_err(|e| format!("the load task failed: {e}"))?
             .map_err(|e| e.to_string())?;
-        Ok((ModelBackend::new(loaded), Some(reservation)))
+        Ok((ModelBackend::new(loaded), reservations))
+    }
+
+    /// The devices a model may use on this node. A node without GPUs offers its
+    /// CPU (budgeted against host memory). A GPU node offers the GPUs
+    /// `pipeline.stages` names, in stage order, or else the
+    /// `pipeline.gpusPerReplica` GPUs (default 1) with the most room, in index
+    /// order; 0 GPUs runs on the CPU, outside the VRAM ledger. A GPU's stages
+    /// compute through CUDA where the inventory gives it a CUDA ordinal, on the
+    /// CPU otherwise (declared GPUs, builds without the `cuda` feature).
+    fn offer(&self, pipeline: Option<&PipelineSpec>) -> Result<Offer, String> {
+        let usage = self.ledger.snapshot();
+        let free =
+            |u: &crate::policy::ledger::DeviceUsage| u64::try_from(u.budget - u.used).unwrap_or(0);
+        let mut gpus: Vec<(u32, u64)> = usage
+            .iter()
+            .filter_map(|u| match u.device {
+                Device::Gpu(i) => Some((i, free(u))),
+                Device::Cpu => None,
+            })
+            .collect();
+        if gpus.is_empty() {
+            let room = usage
+                .iter()
+                .find(|u| u.device == Device::Cpu)
+                .map_or(0, free);
+            return Ok(Offer {
+                devices: vec![(Some(Device::Cpu), DeviceBudget::cpu(room))],
+                stages: Vec::new(),
+            });
+        }
+        let explicit = pipeline.map_or(&[][..], |p| &p.stages[..]);
+        let mut offer = Offer::default();
+        if explicit.is_empty() {
+            let want = pipeline.and_then(|p| p.gpus_per_replica).unwrap_or(1) as usize;
+            if want == 0 {
+                offer.devices.push((None, DeviceBudget::cpu(u64::MAX)));
+                return Ok(offer);
+            }
+            if want > gpus.len() {
+                return Err(format!(
+                    "pipeline.gpusPerReplica is {want}, but this node has {} GPUs",
+                    gpus.len()
+                ));
+            }
+            gpus.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            gpus.truncate(want);
+            gpus.sort_by_key(|g| g.0);
+        } else {
+            let mut order: Vec<(u32, u64)> = Vec::new();
+            for stage in explicit {
+                let Some(&gpu) = gpus.iter().find(|g| g.0 == stage.gpu) else {
+                    return Err(format!(
+                        "pipeline.stages names gpu {}, but this node has GPUs {:?}",
+                        stage.gpu,
+                        gpus.iter().map(|g| g.0).collect::<Vec<_>>()
+                    ));
+                };
+                if !order.contains(&gpu) {
+                    order.push(gpu);
+                }
+                offer.stages.push(ExplicitStage {
+                    device: order.iter().position(|g| *g == gpu).unwrap_or(0),
+                    first_layer: stage.first_layer as usize,
+                    last_layer: stage.last_layer as usize,
+                });
+            }
+            gpus = order;
+        }
+        for (index, room) in gpus {
+            let device = match self.inventory.cuda_ordinal(index) {
+                Some(ordinal) => gogrid_pipeline::Device::new_cuda(ordinal)
+                    .map_err(|e| format!("gpu{index} (CUDA device {ordinal}): {e}"))?,
+                None => gogrid_pipeline::Device::Cpu,
+            };
+            offer.devices.push((
+                Some(Device::Gpu(index)),
+                DeviceBudget {
+                    name: format!("gpu{index}"),
+                    device,
+                    budget_bytes: room,
+                },
+            ));
+        }
+        Ok(offer)
+    }
+
+    /// What the CUDA driver says is free on `device`, where its stages run
+    /// through CUDA.
+    fn driver_free_bytes(&self, device: Device) -> Option<u64> {
+        match device {
+            Device::Gpu(index) => self.inventory.cuda_free_bytes(index),
+            Device::Cpu => None,
+        }
     }
 
     fn route(&mut self, model: &str, traffic: &TrafficSplit) {
