@@ -16,7 +16,7 @@ demo: ## The main job: local cluster, helm install, a model deployed, a canary e
 	e2e/demo.sh
 
 .PHONY: test
-test: lint unit chart e2e ## Every test: lint, unit, chart and end-to-end
+test: lint unit fuzz-short chart e2e ## Every test: lint, unit, a short fuzz pass, chart and end-to-end
 
 .PHONY: lint
 lint: ## cargo fmt --check and clippy with warnings as errors
@@ -36,6 +36,14 @@ unit: ## Unit, property and model tests of every crate (models come from hack/mo
 	  $(CARGO) test --locked
 	@echo "==> cargo test -p gogrid-agent --features gpu (NVML and CUDA driver discovery, without a GPU here)"
 	$(CARGO) test -p gogrid-agent --features gpu --locked --lib gpu::
+
+.PHONY: fuzz-short
+fuzz-short: ## The request-decoding fuzz targets, 30 s each (CI)
+	hack/fuzz.sh 30
+
+.PHONY: fuzz
+fuzz: ## The request-decoding fuzz targets, 10 minutes each
+	hack/fuzz.sh 600
 
 .PHONY: chart
 chart: ## helm lint, helm-unittest suites and the install.yaml drift check
