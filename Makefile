@@ -45,6 +45,10 @@ fuzz-short: ## The request-decoding fuzz targets, 30 s each (CI)
 fuzz: ## The request-decoding fuzz targets, 10 minutes each
 	hack/fuzz.sh 600
 
+.PHONY: bench
+bench: ## GoGrid against llama.cpp, sentence-transformers, ONNX Runtime and KServe (docs/bench/)
+	hack/bench.sh
+
 .PHONY: chart
 chart: ## helm lint, helm-unittest suites and the install.yaml drift check
 	@echo "==> helm lint charts/gogrid"

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
@@ -23,6 +24,13 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     tracing::info!(addr = ?listener.local_addr().ok(), "serving REST");
+    // Responses are small writes: without TCP_NODELAY the kernel holds the
+    // last segment until the client's delayed ACK (up to 40 ms).
+    let listener = listener.tap_io(|stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set on a REST connection");
+        }
+    });
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
@@ -42,6 +50,12 @@ where
     tracing::info!(addr = ?listener.local_addr().ok(), "serving gRPC");
     tonic::transport::Server::builder()
         .add_service(grpc_service(state))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            // A response is headers, data and trailers in separate writes:
+            // without TCP_NODELAY the trailers wait for the client's delayed
+            // ACK (40 ms on Linux).
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await
 }
