@@ -48,10 +48,24 @@ gg_kubectl wait --for condition=Established --timeout 60s \
 
 # --- 2. the chart -----------------------------------------------------------------------
 gg_log "   helm upgrade --install $GG_RELEASE $chart -n $GG_NAMESPACE ${GOGRID_HELM_ARGS:-}"
-# shellcheck disable=SC2086 # GOGRID_HELM_ARGS is a word list on purpose
-gg_helm upgrade --install "$GG_RELEASE" "$chart" -n "$GG_NAMESPACE" --create-namespace \
-  --wait=false ${GOGRID_HELM_ARGS:-} >"$GG_LOGS/helm-install.log" 2>&1 \
-  || { tail -n 30 "$GG_LOGS/helm-install.log" >&2; gg_die "helm install failed (log $GG_LOGS/helm-install.log)"; }
+helm_install() {
+  # shellcheck disable=SC2086 # GOGRID_HELM_ARGS is a word list on purpose
+  gg_helm upgrade --install "$GG_RELEASE" "$chart" -n "$GG_NAMESPACE" --create-namespace \
+    --wait=false ${GOGRID_HELM_ARGS:-} >>"$GG_LOGS/helm-install.log" 2>&1
+}
+: >"$GG_LOGS/helm-install.log"
+if ! helm_install; then
+  # On a first install the preset ResourceProfiles are a post-install hook; when
+  # the API server has not yet served the just-created CRDs to Helm's discovery,
+  # Helm fails with "no matches for kind". The release is left failed with the
+  # CRDs in place: once they are Established, an upgrade completes it (the
+  # presets are then ordinary release objects). docs/operations.md says so too.
+  grep -q "no matches for kind" "$GG_LOGS/helm-install.log" \
+    || { tail -n 30 "$GG_LOGS/helm-install.log" >&2; gg_die "helm install failed (log $GG_LOGS/helm-install.log)"; }
+  gg_log "   the CRDs were not discoverable yet when Helm ran the presets hook: waiting for them, then upgrading"
+  gg_kubectl wait --for condition=Established --timeout 60s crd --all >/dev/null
+  helm_install || { tail -n 30 "$GG_LOGS/helm-install.log" >&2; gg_die "helm install failed (log $GG_LOGS/helm-install.log)"; }
+fi
 
 # The chart's ServiceAccounts, found by their labels (names depend on fullname).
 sa_of() { # <component>

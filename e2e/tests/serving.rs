@@ -3,8 +3,9 @@
 //! EndpointSlices list exactly the agents that report it ready, and a client
 //! that resolves the Service through them gets embeddings that match the
 //! reference implementation's from every agent. A deployment whose checksum
-//! does not match is refused on each node with the reason in status, and the
-//! model already serving keeps serving.
+//! does not match, and one larger than a node's VRAM budget, are refused on
+//! each node with the reason in status, and the model already serving keeps
+//! serving.
 
 use std::time::Duration;
 
@@ -35,6 +36,29 @@ fn deployment(name: &str, path: &str, sha256: &str) -> anyhow::Result<InferenceD
                       "sha256": sha256, "source": {"path": path}},
         }
     }))?)
+}
+
+/// A BERT model directory whose safetensors file declares one 24 GB tensor
+/// and holds no data (a sparse file), with the real model's config beside it.
+fn big_model(real: &str) -> anyhow::Result<std::path::PathBuf> {
+    use std::io::Write as _;
+    let dir = std::env::temp_dir().join(format!("gogrid-e2e-big-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let config = std::path::Path::new(real)
+        .parent()
+        .context("model directory")?
+        .join("config.json");
+    std::fs::copy(&config, dir.join("config.json"))?;
+    let elements: u64 = 6_000_000_000;
+    let header = json!({"embeddings.word_embeddings.weight": {
+        "dtype": "F32", "shape": [elements], "data_offsets": [0, elements * 4]}})
+    .to_string();
+    let path = dir.join("model.safetensors");
+    let mut file = std::fs::File::create(&path)?;
+    file.write_all(&(header.len() as u64).to_le_bytes())?;
+    file.write_all(header.as_bytes())?;
+    file.set_len(8 + header.len() as u64 + elements * 4)?;
+    Ok(path)
 }
 
 fn reference() -> anyhow::Result<(Vec<String>, Vec<Vec<f64>>, String)> {
@@ -200,6 +224,55 @@ async fn a_real_model_serves_correct_embeddings_from_every_ready_agent() -> anyh
     // ... and the model already serving still answers.
     let again = infer(&ready_addresses[0], port, &sentences[..1])?;
     assert!(cosine(&again[0], &expected[0]) >= 0.999);
+
+    // A model larger than a node's VRAM budget is refused on that node before
+    // anything is read, naming what it needs and what each GPU offers (a
+    // sparse 24 GB safetensors file: its header declares the tensor, the disk
+    // holds nothing).
+    let too_big = "too-big";
+    let big = big_model(&path)?;
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "apiVersion": "gogrid.io/v1alpha1", "kind": "InferenceDeployment",
+            "metadata": {"name": too_big},
+            "spec": {
+                "profile": "default",
+                "model": {"name": too_big, "version": "v1", "format": "safetensors",
+                          "task": "embedding", "source": {"path": big.display().to_string()}},
+            }
+        }))?,
+    )
+    .await?;
+    let messages = wait_for(
+        "every node refusing the model larger than its budget",
+        WAIT,
+        || async {
+            let refused: Vec<String> = gpunodes
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .filter_map(|g| {
+                    let p = g.status.as_ref()?.pipeline(&ns.name, too_big, "v1")?;
+                    (!p.ready).then(|| p.message.clone()).flatten()
+                })
+                .filter(|m| m.contains("needs"))
+                .collect();
+            Ok((refused.len() == nodes.len()).then_some(refused))
+        },
+    )
+    .await?;
+    for m in &messages {
+        assert!(
+            m.contains("model needs 22.4Gi, devices offer gpu") && m.ends_with("Gi"),
+            "the refusal names the need, the GPU and its budget: {m}"
+        );
+    }
+    // The first model still serves.
+    let again = infer(&ready_addresses[0], port, &sentences[..1])?;
+    assert!(cosine(&again[0], &expected[0]) >= 0.999);
+    let _ = std::fs::remove_dir_all(big.parent().unwrap_or(&big));
 
     ns.cleanup(&client).await
 }
