@@ -129,9 +129,9 @@ impl Attention {
         cache: &mut LayerCache,
     ) -> Result<Tensor> {
         let (b, seq_len, hidden) = x.dims3()?;
-        let q = self.wq.forward(x)?;
-        let k = self.wk.forward(x)?;
-        let v = self.wv.forward(x)?;
+        let q = linear(&self.wq, x)?;
+        let k = linear(&self.wk, x)?;
+        let v = linear(&self.wv, x)?;
         let q = q
             .reshape((b, seq_len, self.n_head, self.head_dim))?
             .transpose(1, 2)?;
@@ -168,7 +168,7 @@ impl Attention {
         let att = f16_rounded(&candle_nn::ops::softmax_last_dim(&att)?)?;
         let y = att.matmul(&v.contiguous()?)?;
         let y = y.transpose(1, 2)?.reshape((b, seq_len, hidden))?;
-        self.wo.forward(&y)
+        linear(&self.wo, &y)
     }
 
     fn bytes(&self) -> u64 {
@@ -189,8 +189,8 @@ pub(crate) struct Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate.forward(x)?)?;
-        self.down.forward(&(gate * self.up.forward(x)?)?)
+        let gate = candle_nn::ops::silu(&linear(&self.gate, x)?)?;
+        linear(&self.down, &(gate * linear(&self.up, x)?)?)
     }
 }
 
@@ -265,6 +265,29 @@ impl Head {
         let last = x.dim(1)? - 1;
         let x = x.narrow(1, last, 1)?.squeeze(1)?;
         self.output.forward(&x)
+    }
+}
+
+/// Rows from which a CPU matmul dequantizes the weight and multiplies in f32.
+pub(crate) const DEQUANTIZED_ROWS: usize = 16;
+
+/// `x @ wᵀ`. One row at a time (decode) runs candle's quantized kernel, which
+/// reads the weights as stored; many rows at once (a prompt) on the CPU
+/// dequantize the weight and run the f32 GEMM, which reuses every weight for
+/// all rows: candle's quantized CPU matmul recomputes each row's dot products
+/// block by block and is 3x slower there.
+pub(crate) fn linear(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
+    let rows = x.elem_count() / x.dim(x.rank() - 1)?;
+    match w {
+        QMatMul::QTensor(q) if rows >= DEQUANTIZED_ROWS && x.device().is_cpu() => {
+            let w = q.dequantize(x.device())?;
+            let (lead, k) = (x.dims()[..x.rank() - 1].to_vec(), x.dim(x.rank() - 1)?);
+            let y = x.reshape((rows, k))?.matmul(&w.t()?)?;
+            let mut shape = lead;
+            shape.push(w.dim(0)?);
+            y.reshape(shape)
+        }
+        _ => w.forward(x),
     }
 }
 
