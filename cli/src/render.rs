@@ -41,6 +41,13 @@ fn versions(d: &InferenceDeployment) -> Vec<Version> {
             weight: 0,
         });
     }
+    if let Some(r) = split.retained_version {
+        out.push(Version {
+            version: r,
+            role: "retained",
+            weight: 0,
+        });
+    }
     out
 }
 

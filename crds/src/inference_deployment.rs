@@ -444,6 +444,11 @@ pub struct TrafficSplit {
     /// preview Service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preview_version: Option<String>,
+    /// A version kept loaded but not routed: the previous active version for
+    /// `blueGreen.scaleDownDelaySeconds` after a switch, so that a rollback is
+    /// instant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retained_version: Option<String>,
 }
 
 /// Rollout progress.
@@ -458,6 +463,15 @@ pub struct RolloutStatus {
     /// Human-readable detail of the phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The canary or preview version this state belongs to; another version
+    /// starts the rollout over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// When the state began (RFC 3339): the step in force (canary), the
+    /// preview ready on every node (blue-green), or the switch (promoted).
+    /// Kept in status so that an operator restart resumes where it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
 }
 
 /// Phase of a rollout.

@@ -83,6 +83,7 @@ mod tests {
             canary_version: Some("v2".into()),
             canary_weight: weight,
             preview_version: Some("v3".into()),
+            retained_version: None,
         });
         s
     }
@@ -119,7 +120,8 @@ mod tests {
                     stable_version: "v1".into(),
                     canary_version: Some("v2".into()),
                     canary_weight: 30,
-                    preview_version: None
+                    preview_version: None,
+                    retained_version: None,
                 },
                 "v1"
             ),

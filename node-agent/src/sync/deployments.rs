@@ -59,6 +59,7 @@ impl Desired {
             Some(self.traffic.stable_version.as_str()),
             self.traffic.canary_version.as_deref(),
             self.traffic.preview_version.as_deref(),
+            self.traffic.retained_version.as_deref(),
         ];
         for version in wanted.into_iter().flatten() {
             if let Some(m) = candidates
@@ -194,9 +195,22 @@ mod tests {
             canary_version: Some("v2".into()),
             canary_weight: 0,
             preview_version: None,
+            retained_version: None,
         });
-        let desired = placed_on("n1", &[d]);
+        let desired = placed_on("n1", &[d.clone()]);
         assert_eq!(desired[0].traffic.canary_weight, 0);
+        // A version retained after a switch stays loaded, unrouted.
+        d.status.as_mut().expect("status").traffic = Some(TrafficSplit {
+            stable_version: "v2".into(),
+            retained_version: Some("v1".into()),
+            ..TrafficSplit::default()
+        });
+        let loaded: Vec<String> = placed_on("n1", &[d.clone()])[0]
+            .versions()
+            .iter()
+            .map(|m| m.version.clone())
+            .collect();
+        assert_eq!(loaded, ["v2", "v1"]);
     }
 
     #[test]

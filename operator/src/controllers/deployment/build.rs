@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use gogrid_crds::inference_deployment::{NodePlacement, RolloutStatus, TrafficSplit};
+use gogrid_crds::inference_deployment::{NodePlacement, TrafficSplit};
 use gogrid_crds::labels::{
     APP, DEPLOYMENT_LABEL, ENDPOINTSLICE_MANAGER, MANAGED_BY_LABEL, NAME_LABEL, OPERATOR_MANAGER,
     SERVICE_ROLE_LABEL, preview_service_name,
@@ -56,8 +56,32 @@ impl Role {
 }
 
 /// The traffic split the spec asks for and the rollout phase it means.
-pub fn traffic(infd: &InferenceDeployment) -> (TrafficSplit, RolloutStatus) {
-    gogrid_crds::rollout::spec_traffic(&infd.spec)
+pub fn traffic(
+    infd: &InferenceDeployment,
+    placement: &[NodePlacement],
+    gpunodes: &[Arc<GpuNode>],
+    now: jiff::Timestamp,
+    stale_seconds: i64,
+) -> gogrid_crds::rollout::Effective {
+    // Steps and auto-promotion wait for the new version to serve on every
+    // placed node.
+    let new_version = infd
+        .spec
+        .canary_model()
+        .or(infd.spec.preview_model())
+        .map(|m| m.version.as_str());
+    let ready = new_version.is_some_and(|v| {
+        let e = endpoints(infd, placement, gpunodes, v, now, stale_seconds);
+        !e.is_empty() && e.len() == placement.len() && e.iter().all(|e| e.ready)
+    });
+    gogrid_crds::rollout::effective(
+        &infd.spec,
+        &gogrid_crds::rollout::Observed {
+            now,
+            previous: infd.status.as_ref().and_then(|s| s.rollout.as_ref()),
+            ready,
+        },
+    )
 }
 
 /// Roles with a Service: the main one always, the preview one during blue-green.
@@ -365,6 +389,16 @@ pub(crate) mod tests {
             ..Default::default()
         });
         Arc::new(g)
+    }
+
+    fn traffic(
+        d: &InferenceDeployment,
+    ) -> (
+        TrafficSplit,
+        gogrid_crds::inference_deployment::RolloutStatus,
+    ) {
+        let e = super::traffic(d, &[], &[], jiff::Timestamp::now(), 60);
+        (e.traffic, e.rollout)
     }
 
     #[test]

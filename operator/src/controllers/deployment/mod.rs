@@ -151,8 +151,9 @@ pub async fn reconcile(infd: Arc<InferenceDeployment>, ctx: Arc<Context>) -> Res
     let replicas = infd.spec.placement.as_ref().and_then(|p| p.replicas);
     let placed = placement::place(replicas, need, &before.placement, &candidates);
 
-    let (traffic, rollout) = build::traffic(&infd);
     let stale = ctx.config.agent_stale_seconds;
+    let effective = build::traffic(&infd, &placed.nodes, &gpunodes, now, stale);
+    let (traffic, rollout) = (effective.traffic, effective.rollout);
     let mut services = Vec::new();
     let mut slices = Vec::new();
     let mut ready = 0;
@@ -194,7 +195,10 @@ pub async fn reconcile(infd: Arc<InferenceDeployment>, ctx: Arc<Context>) -> Res
         announce(&ctx, &reference, &before, &status).await;
     }
     ctx.reset_backoff(&format!("infd/{ns}/{name}"));
-    Ok(Action::requeue(REFRESH))
+    // A step that ends or a switch that falls due is looked at on time.
+    Ok(Action::requeue(
+        effective.next.map_or(REFRESH, |n| n.min(REFRESH)),
+    ))
 }
 
 fn pipeline_failures(
@@ -249,6 +253,33 @@ async fn announce(
         ctx.events
             .warning(reference, &c.reason, "Place", &c.message)
             .await;
+    }
+    // The rollout moved: a step, a switch, a rollback.
+    let moved = |s: &gogrid_crds::InferenceDeploymentStatus| {
+        s.rollout
+            .as_ref()
+            .map(|r| (r.phase, r.step, r.version.clone()))
+    };
+    if moved(before) != moved(after)
+        && let Some(r) = &after.rollout
+        && let Some(message) = &r.message
+    {
+        let reason = match r.phase {
+            gogrid_crds::inference_deployment::RolloutPhase::Canary => "RolloutStep",
+            gogrid_crds::inference_deployment::RolloutPhase::Preview => "Preview",
+            gogrid_crds::inference_deployment::RolloutPhase::Promoted => "Promoted",
+            gogrid_crds::inference_deployment::RolloutPhase::RolledBack => "RolledBack",
+            gogrid_crds::inference_deployment::RolloutPhase::Stable => "Stable",
+        };
+        // The recorder folds Events of one reason and action into a series
+        // that keeps the first note: each step gets its own action.
+        let action = match r.step {
+            Some(step) if r.phase == gogrid_crds::inference_deployment::RolloutPhase::Canary => {
+                format!("RolloutStep{}", step + 1)
+            }
+            _ => "Rollout".to_owned(),
+        };
+        ctx.events.normal(reference, reason, &action, message).await;
     }
     if before
         .placement
