@@ -35,7 +35,7 @@ alive() { # <pid>: our agent process, not a zombie
 }
 
 ensure_addr() { # <netns> <ip>
-  ip -n "$1" addr show dev eth0 | grep -q "inet $2/" || ip -n "$1" addr add "$2/$GG_PREFIX" dev eth0
+  gg_has_addr "$1" eth0 "$2/$GG_PREFIX" || ip -n "$1" addr add "$2/$GG_PREFIX" dev eth0
 }
 
 start_agent() { # <pod> <uid> <node> <ip> <profile> <restarts>

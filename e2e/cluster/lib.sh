@@ -39,6 +39,15 @@ gg_need_root() { [ "$(id -u)" = 0 ] || gg_die "the e2e cluster scripts run as ro
 # IPs come from spec.podCIDR 10.244.N.0/24, so they never collide.
 gg_node_name() { echo "gg-node-$1"; }
 gg_node_ip() { echo "10.244.0.$((10 + $1))"; }
+# Whether netns <ns> device <dev> has the address <ip>/<prefix>. Not
+# `ip | grep -q`: grep exits at the first match, ip can die of SIGPIPE, and
+# under pipefail the address looks missing (then `ip addr add` fails with
+# "Address already assigned").
+gg_has_addr() { # <ns> <dev> <ip/prefix>
+  local out
+  out=$(ip -n "$1" addr show dev "$2")
+  [[ $out == *"inet $3 "* ]]
+}
 gg_node_cidr() { echo "10.244.$1.0/24"; }
 
 gg_in_cp() { ip netns exec "$GG_CP_NS" "$@"; }

@@ -96,7 +96,7 @@ ns_add() {
 ns_add "$GG_CP_NS"
 ip -n "$GG_CP_NS" link set lo up
 ip -n "$GG_CP_NS" link show "$GG_BRIDGE" >/dev/null 2>&1 || ip -n "$GG_CP_NS" link add "$GG_BRIDGE" type bridge
-ip -n "$GG_CP_NS" addr show dev "$GG_BRIDGE" | grep -q "inet $GG_CP_IP/$GG_PREFIX " \
+gg_has_addr "$GG_CP_NS" "$GG_BRIDGE" "$GG_CP_IP/$GG_PREFIX" \
   || ip -n "$GG_CP_NS" addr add "$GG_CP_IP/$GG_PREFIX" dev "$GG_BRIDGE"
 ip -n "$GG_CP_NS" link set "$GG_BRIDGE" up
 for n in $(seq "$GG_NODES"); do
@@ -109,7 +109,7 @@ for n in $(seq "$GG_NODES"); do
   fi
   ip -n "$GG_CP_NS" link set "$peer" master "$GG_BRIDGE" up
   ip -n "$ns" link set eth0 up
-  ip -n "$ns" addr show dev eth0 | grep -q "inet $(gg_node_ip "$n")/$GG_PREFIX " \
+  gg_has_addr "$ns" eth0 "$(gg_node_ip "$n")/$GG_PREFIX" \
     || ip -n "$ns" addr add "$(gg_node_ip "$n")/$GG_PREFIX" dev eth0
   ip -n "$ns" route replace default via "$GG_CP_IP" dev eth0
 done

@@ -249,3 +249,47 @@ pub async fn agent_nodes(client: &kube::Client, profile: &str) -> anyhow::Result
     nodes.sort();
     Ok(nodes)
 }
+
+/// The pipeline of `version` of deployment `ns/name` as each agent's GpuNode
+/// reports it; agents that report none are left out.
+pub async fn pipelines_of(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    version: &str,
+) -> anyhow::Result<Vec<gogrid_crds::gpu_node::PipelineStatus>> {
+    let api: kube::Api<gogrid_crds::GpuNode> = kube::Api::all(client.clone());
+    Ok(api
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|g| g.status?.pipeline(ns, name, version).cloned())
+        .collect())
+}
+
+/// Waits until `nodes` agents report `version` of `ns/name` ready and routing
+/// `weight`% of unversioned requests to it, or, for `None`, until no agent
+/// loads it any more.
+pub async fn wait_for_split(
+    client: &kube::Client,
+    (ns, name): (&str, &str),
+    nodes: usize,
+    version: &str,
+    weight: Option<i32>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let what = match weight {
+        Some(w) => format!("{nodes} agents routing {w}% to {version} of {ns}/{name}"),
+        None => format!("{version} of {ns}/{name} unloaded on every agent"),
+    };
+    wait_for(&what, timeout, || async {
+        let reported = pipelines_of(client, ns, name, version).await?;
+        let ok = match weight {
+            Some(w) => reported.len() == nodes && reported.iter().all(|p| p.ready && p.weight == w),
+            None => reported.is_empty(),
+        };
+        Ok(ok.then_some(()))
+    })
+    .await
+}

@@ -7,54 +7,14 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use gogrid_crds::{GpuNode, InferenceDeployment};
-use gogrid_e2e::{TestNamespace, agent_nodes, client, kubectl_gogrid, wait_for};
+use gogrid_crds::InferenceDeployment;
+use gogrid_e2e::{TestNamespace, agent_nodes, client, kubectl_gogrid, wait_for, wait_for_split};
 use kube::Api;
-use kube::api::{ListParams, PostParams};
+use kube::api::PostParams;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(300);
 const NAME: &str = "embed";
-
-/// The split each agent reports for `version` of the deployment: (ready, weight) per node.
-async fn reported(
-    gpunodes: &Api<GpuNode>,
-    ns: &str,
-    version: &str,
-) -> anyhow::Result<Vec<Option<(bool, i32)>>> {
-    Ok(gpunodes
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .map(|g| {
-            g.status
-                .as_ref()
-                .and_then(|s| s.pipeline(ns, NAME, version))
-                .map(|p| (p.ready, p.weight))
-        })
-        .collect())
-}
-
-/// Waits until every agent of the profile reports `version` ready with `weight`.
-async fn every_agent_routes(
-    gpunodes: &Api<GpuNode>,
-    ns: &str,
-    nodes: usize,
-    version: &str,
-    weight: i32,
-) -> anyhow::Result<()> {
-    wait_for(
-        &format!("every agent routing {weight}% to {version}"),
-        WAIT,
-        || async {
-            let r = reported(gpunodes, ns, version).await?;
-            let n = r.iter().filter(|p| **p == Some((true, weight))).count();
-            Ok((n == nodes).then_some(()))
-        },
-    )
-    .await
-}
 
 fn normalised(text: &str) -> Vec<String> {
     text.lines()
@@ -85,8 +45,8 @@ async fn the_kubectl_plugin_shows_and_drives_a_canary() -> anyhow::Result<()> {
         }))?,
     )
     .await?;
-    let gpunodes: Api<GpuNode> = Api::all(client.clone());
-    every_agent_routes(&gpunodes, &ns.name, nodes, "v2", 10).await?;
+    let key = (ns.name.as_str(), NAME);
+    wait_for_split(&client, key, nodes, "v2", Some(10), WAIT).await?;
 
     // set-weight: the spec, then every agent's split in force.
     kubectl_gogrid(&["set-weight", NAME, "30", "-n", &ns.name])?
@@ -99,8 +59,8 @@ async fn the_kubectl_plugin_shows_and_drives_a_canary() -> anyhow::Result<()> {
         .and_then(|r| r.canary)
         .map(|c| c.weight);
     assert_eq!(spec_weight, Some(30));
-    every_agent_routes(&gpunodes, &ns.name, nodes, "v2", 30).await?;
-    every_agent_routes(&gpunodes, &ns.name, nodes, "v1", 70).await?;
+    wait_for_split(&client, key, nodes, "v2", Some(30), WAIT).await?;
+    wait_for_split(&client, key, nodes, "v1", Some(70), WAIT).await?;
 
     // status: the versions with their weights and ready nodes, one row per node and version.
     let status = wait_for(
@@ -131,19 +91,15 @@ async fn the_kubectl_plugin_shows_and_drives_a_canary() -> anyhow::Result<()> {
 
     // abort: nothing to the canary.
     kubectl_gogrid(&["abort", NAME, "-n", &ns.name])?.check("kubectl gogrid abort")?;
-    every_agent_routes(&gpunodes, &ns.name, nodes, "v1", 100).await?;
+    wait_for_split(&client, key, nodes, "v1", Some(100), WAIT).await?;
 
     // promote: v2 becomes the model, the rollout ends, v1 is unloaded everywhere.
     kubectl_gogrid(&["promote", NAME, "-n", &ns.name])?.check("kubectl gogrid promote")?;
     let d = api.get(NAME).await?;
     assert_eq!(d.spec.model.version, "v2");
     assert!(d.spec.rollout.is_none());
-    every_agent_routes(&gpunodes, &ns.name, nodes, "v2", 100).await?;
-    wait_for("v1 unloaded on every node", WAIT, || async {
-        let left = reported(&gpunodes, &ns.name, "v1").await?;
-        Ok(left.iter().all(Option::is_none).then_some(()))
-    })
-    .await?;
+    wait_for_split(&client, key, nodes, "v2", Some(100), WAIT).await?;
+    wait_for_split(&client, key, nodes, "v1", None, WAIT).await?;
 
     ns.cleanup(&client).await
 }

@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use gogrid_crds::InferenceDeployment;
 use gogrid_crds::inference_deployment::RolloutPhase;
-use gogrid_crds::{GpuNode, InferenceDeployment};
-use gogrid_e2e::{TestNamespace, agent_nodes, client, wait_for};
+use gogrid_e2e::{TestNamespace, agent_nodes, client, pipelines_of, wait_for, wait_for_split};
 use k8s_openapi::api::core::v1::Event;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
@@ -25,45 +25,27 @@ fn model(name: &str, version: &str) -> anyhow::Result<Value> {
     )
 }
 
-/// (ready, weight) of `version` as each GpuNode reports it, for the nodes that report it.
-async fn reported(
-    gpunodes: &Api<GpuNode>,
+/// Creates deployment `name` of MiniLM v1 with `rollout` (v2 is the new
+/// version) and returns how many agents serve the default profile.
+async fn create(
+    client: &kube::Client,
     ns: &str,
     name: &str,
-    version: &str,
-) -> anyhow::Result<Vec<(bool, i32)>> {
-    Ok(gpunodes
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter_map(|g| {
-            let p = g.status.as_ref()?.pipeline(ns, name, version)?;
-            Some((p.ready, p.weight))
-        })
-        .collect())
-}
-
-async fn every_agent(
-    gpunodes: &Api<GpuNode>,
-    (ns, name): (&str, &str),
-    nodes: usize,
-    version: &str,
-    want: Option<(bool, i32)>,
-) -> anyhow::Result<()> {
-    let what = match want {
-        Some((_, w)) => format!("every agent reporting {version} ready at {w}%"),
-        None => format!("{version} unloaded on every agent"),
-    };
-    wait_for(&what, WAIT, || async {
-        let r = reported(gpunodes, ns, name, version).await?;
-        let ok = match want {
-            Some(w) => r.len() == nodes && r.iter().all(|p| *p == w),
-            None => r.is_empty(),
-        };
-        Ok(ok.then_some(()))
-    })
-    .await
+    rollout: Value,
+) -> anyhow::Result<usize> {
+    let nodes = agent_nodes(client, "default").await?.len();
+    anyhow::ensure!(nodes > 0, "no agents of the default profile");
+    let api: Api<InferenceDeployment> = Api::namespaced(client.clone(), ns);
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "apiVersion": "gogrid.io/v1alpha1", "kind": "InferenceDeployment",
+            "metadata": {"name": name},
+            "spec": {"profile": "default", "model": model(name, "v1")?, "rollout": rollout}
+        }))?,
+    )
+    .await?;
+    Ok(nodes)
 }
 
 async fn event_reasons(client: &kube::Client, ns: &str, name: &str) -> anyhow::Result<Vec<String>> {
@@ -82,30 +64,19 @@ async fn event_reasons(client: &kube::Client, ns: &str, name: &str) -> anyhow::R
 async fn canary_steps_advance_by_themselves_and_promote() -> anyhow::Result<()> {
     let client = client().await?;
     let ns = TestNamespace::create(&client, "steps").await?;
-    let nodes = agent_nodes(&client, "default").await?.len();
-    anyhow::ensure!(nodes > 0, "no agents of the default profile");
     let name = "stepped";
+    let rollout = json!({"strategy": "Canary", "canary": {"model": model(name, "v2")?,
+        "steps": [{"weight": 20, "pauseSeconds": 4}, {"weight": 60, "pauseSeconds": 4}]}});
+    let nodes = create(&client, &ns.name, name, rollout).await?;
     let api: Api<InferenceDeployment> = Api::namespaced(client.clone(), &ns.name);
-    api.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({
-            "apiVersion": "gogrid.io/v1alpha1", "kind": "InferenceDeployment",
-            "metadata": {"name": name},
-            "spec": {"profile": "default", "model": model(name, "v1")?,
-                     "rollout": {"strategy": "Canary", "canary": {"model": model(name, "v2")?,
-                        "steps": [{"weight": 20, "pauseSeconds": 4}, {"weight": 60, "pauseSeconds": 4}]}}}
-        }))?,
-    )
-    .await?;
-    let gpunodes: Api<GpuNode> = Api::all(client.clone());
     let key = (ns.name.as_str(), name);
-    every_agent(&gpunodes, key, nodes, "v2", Some((true, 20))).await?;
-    every_agent(&gpunodes, key, nodes, "v2", Some((true, 60))).await?;
+    wait_for_split(&client, key, nodes, "v2", Some(20), WAIT).await?;
+    wait_for_split(&client, key, nodes, "v2", Some(60), WAIT).await?;
     let step = api.get(name).await?.status.and_then(|s| s.rollout);
     assert_eq!(step.as_ref().and_then(|r| r.step), Some(1), "{step:?}");
     // After the last step's pause the canary takes everything and v1 goes.
-    every_agent(&gpunodes, key, nodes, "v2", Some((true, 100))).await?;
-    every_agent(&gpunodes, key, nodes, "v1", None).await?;
+    wait_for_split(&client, key, nodes, "v2", Some(100), WAIT).await?;
+    wait_for_split(&client, key, nodes, "v1", None, WAIT).await?;
     let done = api.get(name).await?.status.and_then(|s| s.rollout);
     assert_eq!(done.map(|r| r.phase), Some(RolloutPhase::Promoted));
     let reasons = wait_for("the rollout's Events", WAIT, || async {
@@ -124,27 +95,20 @@ async fn blue_green_promotes_by_itself_and_keeps_the_old_version_for_the_delay()
 -> anyhow::Result<()> {
     let client = client().await?;
     let ns = TestNamespace::create(&client, "bluegreen").await?;
-    let nodes = agent_nodes(&client, "default").await?.len();
-    anyhow::ensure!(nodes > 0, "no agents of the default profile");
     let name = "switched";
+    let rollout = json!({"strategy": "BlueGreen", "blueGreen": {
+        "preview": {"model": model(name, "v2")?},
+        "autoPromoteAfterSeconds": 3, "scaleDownDelaySeconds": 6}});
+    let nodes = create(&client, &ns.name, name, rollout).await?;
     let api: Api<InferenceDeployment> = Api::namespaced(client.clone(), &ns.name);
-    api.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({
-            "apiVersion": "gogrid.io/v1alpha1", "kind": "InferenceDeployment",
-            "metadata": {"name": name},
-            "spec": {"profile": "default", "model": model(name, "v1")?,
-                     "rollout": {"strategy": "BlueGreen", "blueGreen": {
-                        "preview": {"model": model(name, "v2")?},
-                        "autoPromoteAfterSeconds": 3, "scaleDownDelaySeconds": 6}}}
-        }))?,
-    )
-    .await?;
-    let gpunodes: Api<GpuNode> = Api::all(client.clone());
     let key = (ns.name.as_str(), name);
     // The switch: v2 takes everything while v1 stays loaded, unrouted ...
-    every_agent(&gpunodes, key, nodes, "v2", Some((true, 100))).await?;
-    let retained = reported(&gpunodes, &ns.name, name, "v1").await?;
+    wait_for_split(&client, key, nodes, "v2", Some(100), WAIT).await?;
+    let retained: Vec<(bool, i32)> = pipelines_of(&client, &ns.name, name, "v1")
+        .await?
+        .iter()
+        .map(|p| (p.ready, p.weight))
+        .collect();
     assert_eq!(
         retained,
         vec![(true, 0); nodes],
@@ -156,7 +120,7 @@ async fn blue_green_promotes_by_itself_and_keeps_the_old_version_for_the_delay()
         Some("v1")
     );
     // ... until the delay is over.
-    every_agent(&gpunodes, key, nodes, "v1", None).await?;
+    wait_for_split(&client, key, nodes, "v1", None, WAIT).await?;
     let reasons = event_reasons(&client, &ns.name, name).await?;
     assert!(reasons.iter().any(|r| r == "Promoted"), "{reasons:?}");
     ns.cleanup(&client).await
