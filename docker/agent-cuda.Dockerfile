@@ -34,11 +34,10 @@ COPY . .
 # for the compute capability; this says it.
 ARG CUDA_COMPUTE_CAP=80
 ENV CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP}
-# Cargo features of the agent. The `cuda` feature (candle's CUDA kernels and
-# cudarc) arrives with the model pipelines; until then the image is the agent
-# on the CUDA runtime base, and this stays empty. Set it with
-# --build-arg AGENT_FEATURES=cuda once the feature exists.
-ARG AGENT_FEATURES=""
+# Cargo features of the agent: `cuda` is candle's CUDA kernels (compiled here
+# with the toolkit of this image) plus NVML and CUDA driver discovery (`gpu`).
+# `--build-arg AGENT_FEATURES=gpu` builds discovery alone, pipelines on the CPU.
+ARG AGENT_FEATURES="cuda"
 RUN --mount=type=cache,id=gogrid-cargo-registry,target=/usr/local/cargo/registry \
     --mount=type=cache,id=gogrid-cargo-git,target=/usr/local/cargo/git \
     --mount=type=cache,id=gogrid-target-agent-cuda,target=/src/target \
