@@ -172,6 +172,9 @@ pub fn status(d: &InferenceDeployment, gpunodes: &[GpuNode]) -> String {
         "VERSION".into(),
         "READY".into(),
         "SPLIT IN FORCE".into(),
+        "REQUESTS".into(),
+        "5XX".into(),
+        "P95".into(),
         "MESSAGE".into(),
     ]];
     for node in &placed {
@@ -182,12 +185,20 @@ pub fn status(d: &InferenceDeployment, gpunodes: &[GpuNode]) -> String {
                     v.version.clone(),
                     if p.ready { "yes" } else { "no" }.to_owned(),
                     format!("{}%", p.weight),
+                    p.requests.to_string(),
+                    p.errors.to_string(),
+                    p.latency
+                        .as_ref()
+                        .map_or("-".to_owned(), |l| format!("<={}ms", l.p95_ms)),
                     p.message.unwrap_or_default(),
                 ],
                 None => vec![
                     (*node).to_owned(),
                     v.version.clone(),
                     "no".to_owned(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
                     "-".into(),
                     "the agent does not report this version yet".into(),
                 ],
@@ -289,8 +300,8 @@ mod tests {
         };
         assert_eq!(row("v1 stable"), "v1 stable 90% 2/2");
         assert_eq!(row("v2 canary"), "v2 canary 10% 1/2");
-        assert_eq!(row("a v1"), "a v1 yes 90%");
-        assert_eq!(row("b v2"), "b v2 no 10% loading");
+        assert_eq!(row("a v1"), "a v1 yes 90% 900 1 <=20ms");
+        assert_eq!(row("b v2"), "b v2 no 10% 0 0 - loading");
         assert_eq!(row("Ready"), "Ready True Serving 2 of 2 nodes serve v1");
     }
 }

@@ -76,7 +76,7 @@ async fn the_kubectl_plugin_shows_and_drives_a_canary() -> anyhow::Result<()> {
         },
     )
     .await?;
-    let node_rows = status.iter().filter(|l| l.ends_with(" v2 yes 30%")).count();
+    let node_rows = status.iter().filter(|l| l.contains(" v2 yes 30% ")).count();
     assert_eq!(
         node_rows,
         nodes,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use gogrid_crds::{GpuNode, InferenceDeployment};
-use gogrid_e2e::{TestNamespace, agent_nodes, client, repo_root, wait_for};
+use gogrid_e2e::{TestNamespace, agent_nodes, client, pipelines_of, repo_root, wait_for};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
@@ -191,6 +191,22 @@ async fn a_real_model_serves_correct_embeddings_from_every_ready_agent() -> anyh
             assert!(c >= 0.999, "{address}: sentence {i} cosine {c} < 0.999");
         }
     }
+
+    // Each agent reports what the version served: the requests just sent,
+    // no server errors, and a latency summary.
+    wait_for(
+        "every agent reporting the requests it served in its GpuNode",
+        WAIT,
+        || async {
+            let reported = pipelines_of(&client, &ns.name, MODEL, "v1").await?;
+            let ok = reported.len() == nodes.len()
+                && reported
+                    .iter()
+                    .all(|p| p.requests >= 1 && p.errors == 0 && p.latency.is_some());
+            Ok(ok.then_some(()))
+        },
+    )
+    .await?;
 
     // A checksum mismatch is refused on every node, with the reason in status.
     let bad = "bad-checksum";

@@ -40,7 +40,7 @@ pub use batcher::BatchPolicy;
 pub use error::{Result, ServeError};
 pub use grpc::{GrpcService, grpc_service};
 pub use infer::{InferRequest, InferResponse, RequestedOutput};
-pub use metrics::{Metrics, Protocol, UNKNOWN};
+pub use metrics::{Metrics, Protocol, UNKNOWN, VersionStats};
 pub use registry::{LatestReady, ModelVersion, Registry, VersionSelector};
 pub use rest::router;
 pub use server::{serve_grpc, serve_http};

@@ -1,5 +1,7 @@
 //! Prometheus metrics of the serving layer, labelled by model and version only.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -56,9 +58,60 @@ struct ModelLabels {
     version: String,
 }
 
+/// Latency buckets: 1 ms .. ~65 s, doubling.
+const LATENCY_BUCKETS: usize = 17;
+
 fn latency_histogram() -> Histogram {
-    // 1 ms .. ~65 s
-    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+    Histogram::new(exponential_buckets(0.001, 2.0, LATENCY_BUCKETS as u16))
+}
+
+/// Upper bound of latency bucket `i`, in milliseconds.
+fn bucket_ms(i: usize) -> u32 {
+    1u32 << i.min(31)
+}
+
+/// What one model version has served since it was loaded: the agent reports
+/// it in its GpuNode, a rollout's analysis reads it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VersionStats {
+    /// Requests answered.
+    pub requests: u64,
+    /// Requests that failed on the server's side (5xx): not a client's bad
+    /// input (4xx), not throttling (429).
+    pub errors: u64,
+    /// Latency percentiles in ms, as the upper bound of their bucket (1, 2, 4
+    /// ... ms); `None` before the first request.
+    pub p50_ms: Option<u32>,
+    /// 95th percentile.
+    pub p95_ms: Option<u32>,
+    /// 99th percentile.
+    pub p99_ms: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Tally {
+    requests: u64,
+    errors: u64,
+    /// Requests per latency bucket (the last one: above every bound).
+    buckets: [u64; LATENCY_BUCKETS + 1],
+}
+
+impl Tally {
+    fn percentile(&self, q: f64) -> Option<u32> {
+        let total: u64 = self.buckets.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(bucket_ms(i));
+            }
+        }
+        Some(bucket_ms(LATENCY_BUCKETS))
+    }
 }
 
 fn batch_histogram() -> Histogram {
@@ -75,6 +128,7 @@ pub struct Metrics {
     batch_size: Family<ModelLabels, Histogram, fn() -> Histogram>,
     queue_depth: Family<ModelLabels, Gauge>,
     generated_tokens: Family<ModelLabels, Counter>,
+    tallies: Arc<Mutex<HashMap<(String, String), Tally>>>,
 }
 
 impl Metrics {
@@ -124,7 +178,21 @@ impl Metrics {
             batch_size: Family::new_with_constructor(batch_histogram),
             queue_depth: Family::default(),
             generated_tokens: Family::default(),
+            tallies: Arc::default(),
         }
+    }
+
+    /// What `model` `version` has served since it was loaded.
+    pub fn version_stats(&self, model: &str, version: &str) -> Option<VersionStats> {
+        let tallies = self.tallies.lock().ok()?;
+        let t = tallies.get(&(model.to_owned(), version.to_owned()))?;
+        Some(VersionStats {
+            requests: t.requests,
+            errors: t.errors,
+            p50_ms: t.percentile(0.50),
+            p95_ms: t.percentile(0.95),
+            p99_ms: t.percentile(0.99),
+        })
     }
 
     /// Records one finished request: its outcome `code` (HTTP status, or the
@@ -158,6 +226,22 @@ impl Metrics {
         self.latency
             .get_or_create(&labels(model, version))
             .observe(elapsed.as_secs_f64());
+        if model != UNKNOWN
+            && let Ok(mut tallies) = self.tallies.lock()
+        {
+            let t = tallies
+                .entry((model.to_owned(), version.to_owned()))
+                .or_default();
+            t.requests += 1;
+            if code >= 500 {
+                t.errors += 1;
+            }
+            let ms = elapsed.as_secs_f64() * 1e3;
+            let i = (0..LATENCY_BUCKETS)
+                .find(|&i| ms <= f64::from(bucket_ms(i)))
+                .unwrap_or(LATENCY_BUCKETS);
+            t.buckets[i] += 1;
+        }
     }
 
     /// Records the size of one batch.
@@ -186,6 +270,9 @@ impl Metrics {
     pub(crate) fn forget(&self, model: &str, version: &str) {
         let key = labels(model, version);
         self.queue_depth.remove(&key);
+        if let Ok(mut tallies) = self.tallies.lock() {
+            tallies.remove(&(model.to_owned(), version.to_owned()));
+        }
     }
 }
 
@@ -193,6 +280,51 @@ fn labels(model: &str, version: &str) -> ModelLabels {
     ModelLabels {
         model: model.to_owned(),
         version: version.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tally_tests {
+    use super::*;
+
+    #[test]
+    fn version_stats_count_server_errors_and_place_percentiles_in_buckets() {
+        let m = Metrics::unregistered();
+        assert_eq!(m.version_stats("m", "1"), None);
+        for i in 0..100u64 {
+            // 90 fast (3 ms), 10 slow (300 ms); one 503, one 400, one 429.
+            let ms = if i < 90 { 3 } else { 300 };
+            let code = match i {
+                0 => 503,
+                1 => 400,
+                2 => 429,
+                _ => 200,
+            };
+            m.record_request(
+                "m",
+                "1",
+                Protocol::Rest,
+                code,
+                None,
+                Duration::from_millis(ms),
+            );
+        }
+        let s = m.version_stats("m", "1").expect("stats");
+        assert_eq!((s.requests, s.errors), (100, 1));
+        assert_eq!(s.p50_ms, Some(4), "3 ms falls in the (2, 4] ms bucket");
+        assert_eq!(
+            s.p95_ms,
+            Some(512),
+            "300 ms falls in the (256, 512] ms bucket"
+        );
+        m.record_request(UNKNOWN, "", Protocol::Rest, 404, None, Duration::ZERO);
+        assert_eq!(
+            m.version_stats(UNKNOWN, ""),
+            None,
+            "unknown models are not tallied"
+        );
+        m.forget("m", "1");
+        assert_eq!(m.version_stats("m", "1"), None);
     }
 }
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use gogrid_crds::gpu_node::{PipelineStatus, StageStatus};
+use gogrid_crds::gpu_node::{LatencySummary, PipelineStatus, StageStatus};
 use gogrid_crds::inference_deployment::{
     ModelFormat, ModelSpec, ModelTask, PipelineSpec, TrafficSplit,
 };
@@ -26,6 +26,9 @@ use crate::sync::deployments::{DeploymentKey, Desired};
 
 /// How often failed loads are tried again.
 const RETRY: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// How often the versions' request counts and latency are published.
+const STATS: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One loaded (or failed) model version.
 #[derive(Debug)]
@@ -118,12 +121,21 @@ impl Manager {
         // file may have appeared.
         let mut retry = tokio::time::interval(RETRY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // What each version served goes to status on this tick (only when it
+        // changed: an idle node writes nothing).
+        let mut stats = tokio::time::interval(STATS);
+        stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut wanted = desired.borrow_and_update().clone();
+        self.reconcile(&wanted).await;
         loop {
-            let wanted = desired.borrow_and_update().clone();
-            self.reconcile(&wanted).await;
             tokio::select! {
-                changed = desired.changed() => if changed.is_err() { return Ok(()) },
-                _ = retry.tick() => {}
+                changed = desired.changed() => {
+                    if changed.is_err() { return Ok(()) }
+                    wanted = desired.borrow_and_update().clone();
+                    self.reconcile(&wanted).await;
+                }
+                _ = retry.tick() => self.reconcile(&wanted).await,
+                _ = stats.tick() => self.publish(&wanted),
                 _ = shutdown.wait() => return Ok(()),
             }
         }
@@ -419,6 +431,22 @@ impl Manager {
                 let mut s = e.status.clone();
                 let traffic = wanted.iter().find(|d| &d.key == key).map(|d| &d.traffic);
                 s.weight = traffic.map_or(0, |t| WeightedSplit::weight_of(t, version));
+                if let Some(st) = self
+                    .registry
+                    .metrics()
+                    .version_stats(&e.model.name, version)
+                {
+                    s.requests = i64::try_from(st.requests).unwrap_or(i64::MAX);
+                    s.errors = i64::try_from(st.errors).unwrap_or(i64::MAX);
+                    s.latency = match (st.p50_ms, st.p95_ms, st.p99_ms) {
+                        (Some(p50_ms), Some(p95_ms), Some(p99_ms)) => Some(LatencySummary {
+                            p50_ms,
+                            p95_ms,
+                            p99_ms,
+                        }),
+                        _ => None,
+                    };
+                }
                 s
             })
             .collect();
