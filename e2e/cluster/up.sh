@@ -138,6 +138,11 @@ GG_WAIT_LOG="$GG_LOGS/etcd.log" gg_wait "etcd http://127.0.0.1:$GG_ETCD_PORT/hea
 # kwok's watches all do that, so its caches went stale, its lease renewals
 # conflicted and the nodes flapped NotReady. WatchList=false keeps the classic
 # LIST+WATCH that etcd 3.4 supports.
+# For the same reason the watch cache is off: after an API server restart a
+# resource's cache only moves on when that resource is written (etcd 3.4 sends
+# no progress notifications to move it), so a client that watches again from
+# the resourceVersion it already saw gets "Too large resource version" for
+# minutes. Without the cache, watches are served from etcd itself.
 if gg_alive kube-apiserver; then
   gg_log "   kube-apiserver already running (pid $(gg_pid kube-apiserver))"
 else
@@ -150,7 +155,7 @@ else
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$GG_PKI/sa.pub" --service-account-signing-key-file "$GG_PKI/sa.key" \
     --service-cluster-ip-range 10.96.0.0/16 --endpoint-reconciler-type none \
-    --feature-gates WatchList=false --profiling=false --v 1
+    --feature-gates WatchList=false --watch-cache=false --profiling=false --v 1
   gg_log "   kube-apiserver started (pid $(gg_pid kube-apiserver), log $GG_LOGS/kube-apiserver.log)"
 fi
 GG_WAIT_LOG="$GG_LOGS/kube-apiserver.log" gg_wait "kube-apiserver https://$GG_CP_IP:$GG_APISERVER_PORT/readyz" 180 \

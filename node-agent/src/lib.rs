@@ -39,7 +39,7 @@ async fn run_in_cluster(args: config::RunArgs) -> anyhow::Result<()> {
         kernels = node::kernels(),
         "agent starting"
     );
-    let client = kube::Client::try_default()
+    let client = gogrid_runtime::kube_client::client()
         .await
         .context("building a Kubernetes client")?;
     let shutdown = Shutdown::on_signals();

@@ -27,7 +27,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn run_operator(args: config::RunArgs) -> anyhow::Result<()> {
-    let client = kube::Client::try_default()
+    let client = gogrid_runtime::kube_client::client()
         .await
         .context("building a Kubernetes client")?;
     let shutdown = gogrid_runtime::Shutdown::on_signals();

@@ -2,6 +2,7 @@
 //! for every task, and structured logging.
 
 pub mod http;
+pub mod kube_client;
 pub mod shutdown;
 pub mod telemetry;
 

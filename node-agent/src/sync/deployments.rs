@@ -108,9 +108,12 @@ pub async fn follow(
 ) -> anyhow::Result<()> {
     let api: Api<InferenceDeployment> = Api::all(client);
     let (reader, writer) = kube::runtime::reflector::store();
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer);
+    let stream = watcher(
+        api,
+        watcher::Config::default().timeout(super::WATCH_TIMEOUT_SECONDS),
+    )
+    .default_backoff()
+    .reflect(writer);
     let mut stream = std::pin::pin!(stream);
     loop {
         tokio::select! {

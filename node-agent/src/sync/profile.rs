@@ -29,7 +29,9 @@ pub async fn follow(
         return Ok(());
     };
     let api: Api<ResourceProfile> = Api::all(client);
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let config = watcher::Config::default()
+        .timeout(super::WATCH_TIMEOUT_SECONDS)
+        .fields(&format!("metadata.name={name}"));
     let specs = watcher(api, config).default_backoff().filter_map(|event| {
         futures::future::ready(match event {
             Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => Some(Some(p.spec)),
