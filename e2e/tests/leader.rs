@@ -33,6 +33,20 @@ async fn the_standby_replica_takes_over_within_the_lease_duration_when_the_leade
         holder(&leases).await
     })
     .await?;
+    // A Lease that is held, not one left over: the leader renews it (after an
+    // API server restart in an earlier test, renewals may take a while to
+    // resume, and a lapsed Lease is anyone's).
+    let renewed = |l: Option<Lease>| l.and_then(|l| l.spec).and_then(|s| s.renew_time);
+    let first = renewed(leases.get_opt("gogrid-operator").await?);
+    wait_for(
+        "the leader renewing its Lease",
+        Duration::from_secs(60),
+        || async {
+            let now = renewed(leases.get_opt("gogrid-operator").await?);
+            Ok((now.is_some() && now != first).then_some(()))
+        },
+    )
+    .await?;
     ctl(&["start", "operator-standby"])?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(
