@@ -48,9 +48,7 @@ async fn run_in_cluster(args: config::RunArgs) -> anyhow::Result<()> {
 
     let (policy_tx, policy_rx) = tokio::sync::watch::channel(None);
     let (desired_tx, desired_rx) = tokio::sync::watch::channel(Vec::new());
-    let (pipelines_tx, pipelines_rx) = tokio::sync::watch::channel(Vec::new());
-    let (priority_tx, priority_rx) = tokio::sync::watch::channel(None);
-    let (gpus_tx, gpus_rx) = tokio::sync::watch::channel(Vec::new());
+    let (outputs, reports) = node::Outputs::channel();
     let profile_task = sync::profile::follow(
         client.clone(),
         args.profile.clone(),
@@ -74,11 +72,7 @@ async fn run_in_cluster(args: config::RunArgs) -> anyhow::Result<()> {
             grpc: args.grpc_addr,
         },
         metrics.clone(),
-        node::Outputs {
-            pipelines: pipelines_tx,
-            priority: priority_tx,
-            gpus: gpus_tx,
-        },
+        outputs,
         shutdown.clone(),
     );
     let reporter =
@@ -86,9 +80,9 @@ async fn run_in_cluster(args: config::RunArgs) -> anyhow::Result<()> {
     let report_task = reporter.run(
         sync::gpunode::Feeds {
             policy: policy_rx,
-            pipelines: pipelines_rx,
-            priority: priority_rx,
-            gpus: gpus_rx,
+            pipelines: reports.pipelines,
+            priority: reports.priority,
+            gpus: reports.gpus,
         },
         args.heartbeat(),
         ready.clone(),
@@ -140,9 +134,8 @@ async fn run_standalone(args: config::ServeArgs) -> anyhow::Result<()> {
         })
         .collect();
     let (_desired_tx, desired_rx) = tokio::sync::watch::channel(desired);
-    let (pipelines_tx, mut pipelines_rx) = tokio::sync::watch::channel(Vec::new());
-    let (priority_tx, _priority_rx) = tokio::sync::watch::channel(None);
-    let (gpus_tx, _gpus_rx) = tokio::sync::watch::channel(Vec::new());
+    let (outputs, reports) = node::Outputs::channel();
+    let mut pipelines_rx = reports.pipelines;
     let node_task = node::run(
         node::Inputs {
             inventory,
@@ -154,11 +147,7 @@ async fn run_standalone(args: config::ServeArgs) -> anyhow::Result<()> {
             grpc: file.listen.grpc,
         },
         metrics.clone(),
-        node::Outputs {
-            pipelines: pipelines_tx,
-            priority: priority_tx,
-            gpus: gpus_tx,
-        },
+        outputs,
         shutdown.clone(),
     );
     // Without a GpuNode to report to, the pipelines' state goes to the log and

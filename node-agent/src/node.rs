@@ -70,6 +70,39 @@ pub struct Outputs {
     pub gpus: watch::Sender<Vec<GpuInfo>>,
 }
 
+/// The receiving ends of [`Outputs`]: what the GpuNode reporter (or the
+/// standalone log) reads.
+#[derive(Debug)]
+pub struct Reports {
+    /// The pipelines.
+    pub pipelines: watch::Receiver<Vec<PipelineStatus>>,
+    /// The `ProcessPriority` condition.
+    pub priority: watch::Receiver<Option<Condition>>,
+    /// The GPUs as last read.
+    pub gpus: watch::Receiver<Vec<GpuInfo>>,
+}
+
+impl Outputs {
+    /// The node core's outputs, empty, and their receivers.
+    pub fn channel() -> (Self, Reports) {
+        let (pipelines, pipelines_rx) = watch::channel(Vec::new());
+        let (priority, priority_rx) = watch::channel(None);
+        let (gpus, gpus_rx) = watch::channel(Vec::new());
+        (
+            Self {
+                pipelines,
+                priority,
+                gpus,
+            },
+            Reports {
+                pipelines: pipelines_rx,
+                priority: priority_rx,
+                gpus: gpus_rx,
+            },
+        )
+    }
+}
+
 /// Run the node core until shutdown.
 pub async fn run(
     inputs: Inputs,

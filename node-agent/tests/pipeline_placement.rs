@@ -123,9 +123,8 @@ async fn layers_are_placed_over_the_gpus_the_spec_asks_for() {
     ];
     let (_policy_tx, policy_rx) = watch::channel(Some(preset_policy(Preset::Aggressive)));
     let (_desired_tx, desired_rx) = watch::channel(desired);
-    let (pipelines_tx, mut pipelines_rx) = watch::channel(Vec::new());
-    let (priority_tx, _priority_rx) = watch::channel(None);
-    let (gpus_tx, _gpus_rx) = watch::channel(Vec::new());
+    let (outputs, reports) = node::Outputs::channel();
+    let mut pipelines_rx = reports.pipelines;
     let listen = node::Listen {
         http: free_port(),
         grpc: free_port(),
@@ -139,11 +138,7 @@ async fn layers_are_placed_over_the_gpus_the_spec_asks_for() {
         },
         listen,
         Arc::new(Metrics::default()),
-        node::Outputs {
-            pipelines: pipelines_tx,
-            priority: priority_tx,
-            gpus: gpus_tx,
-        },
+        outputs,
         shutdown.clone(),
     ));
 
