@@ -128,7 +128,8 @@ pub struct Metrics {
     batch_size: Family<ModelLabels, Histogram, fn() -> Histogram>,
     queue_depth: Family<ModelLabels, Gauge>,
     generated_tokens: Family<ModelLabels, Counter>,
-    tallies: Arc<Mutex<HashMap<(String, String), Tally>>>,
+    /// By model, then version: a request borrows both names to find its tally.
+    tallies: Arc<Mutex<HashMap<String, HashMap<String, Tally>>>>,
 }
 
 impl Metrics {
@@ -185,7 +186,7 @@ impl Metrics {
     /// What `model` `version` has served since it was loaded.
     pub fn version_stats(&self, model: &str, version: &str) -> Option<VersionStats> {
         let tallies = self.tallies.lock().ok()?;
-        let t = tallies.get(&(model.to_owned(), version.to_owned()))?;
+        let t = tallies.get(model)?.get(version)?;
         Some(VersionStats {
             requests: t.requests,
             errors: t.errors,
@@ -229,9 +230,14 @@ impl Metrics {
         if model != UNKNOWN
             && let Ok(mut tallies) = self.tallies.lock()
         {
-            let t = tallies
-                .entry((model.to_owned(), version.to_owned()))
-                .or_default();
+            let versions = match tallies.get_mut(model) {
+                Some(v) => v,
+                None => tallies.entry(model.to_owned()).or_default(),
+            };
+            let t = match versions.get_mut(version) {
+                Some(t) => t,
+                None => versions.entry(version.to_owned()).or_default(),
+            };
             t.requests += 1;
             if code >= 500 {
                 t.errors += 1;
@@ -270,8 +276,13 @@ impl Metrics {
     pub(crate) fn forget(&self, model: &str, version: &str) {
         let key = labels(model, version);
         self.queue_depth.remove(&key);
-        if let Ok(mut tallies) = self.tallies.lock() {
-            tallies.remove(&(model.to_owned(), version.to_owned()));
+        if let Ok(mut tallies) = self.tallies.lock()
+            && let Some(versions) = tallies.get_mut(model)
+        {
+            versions.remove(version);
+            if versions.is_empty() {
+                tallies.remove(model);
+            }
         }
     }
 }
