@@ -5,13 +5,15 @@
 //! kubectl gogrid set-weight smollm2 25
 //! kubectl gogrid promote smollm2
 //! kubectl gogrid abort smollm2
+//! kubectl gogrid retry smollm2
 //! ```
 //!
 //! `status` prints what the operator and every agent say, the way
 //! `kubectl argo rollouts get` does: versions and weights, the step, the
-//! analysis, and each node's view (loaded, ready, split in force). The three
-//! verbs patch the spec (field manager `kubectl-gogrid`), so a GitOps tool
-//! sees the same change a person would have made with `kubectl edit`.
+//! analysis, and each node's view (loaded, ready, split in force). `set-weight`,
+//! `promote` and `abort` patch the spec (field manager `kubectl-gogrid`), so a
+//! GitOps tool sees the same change a person would have made with
+//! `kubectl edit`; `retry` clears the state of a rolled-back canary in status.
 #![allow(clippy::print_stdout)]
 
 mod render;
@@ -20,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use gogrid_crds::inference_deployment::RolloutStrategy;
+use gogrid_crds::inference_deployment::{RolloutPhase, RolloutStrategy};
 use gogrid_crds::{GpuNode, InferenceDeployment};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
@@ -55,6 +57,9 @@ enum Command {
     Promote { name: String },
     /// Canary: send nothing to the canary. Blue-green: go back to the active version.
     Abort { name: String },
+    /// Start a rolled-back canary over from its first step (clears the
+    /// rollout state in status; the operator begins again).
+    Retry { name: String },
 }
 
 #[tokio::main]
@@ -122,6 +127,30 @@ async fn main() -> anyhow::Result<()> {
             };
             patch(&api, &name, change).await?;
             println!("{name}: aborted, all unversioned traffic goes to the stable version");
+        }
+        Command::Retry { name } => {
+            let d = api.get(&name).await?;
+            let phase = d
+                .status
+                .as_ref()
+                .and_then(|s| s.rollout.as_ref())
+                .map(|r| r.phase);
+            anyhow::ensure!(
+                phase == Some(RolloutPhase::RolledBack),
+                "{name} is not rolled back (phase {}): nothing to retry",
+                phase.map_or("none", RolloutPhase::as_str)
+            );
+            api.patch_status(
+                &name,
+                &PatchParams {
+                    field_manager: Some("kubectl-gogrid".into()),
+                    ..Default::default()
+                },
+                &Patch::Merge(&json!({"status": {"rollout": null}})),
+            )
+            .await
+            .with_context(|| format!("clearing the rollout state of {name}"))?;
+            println!("{name}: the canary starts over from its first step");
         }
     }
     Ok(())

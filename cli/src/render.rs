@@ -122,11 +122,31 @@ pub fn status(d: &InferenceDeployment, gpunodes: &[GpuNode]) -> String {
                 .max_p95_latency_ms
                 .map(|ms| format!(", p95 <= {ms} ms"))
                 .unwrap_or_default();
+            let vs_stable = a
+                .max_p95_increase_percent
+                .map(|p| format!(", p95 <= stable + {p}%"))
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "Analysis:    errors <= {}%{latency}, judged every {}s once the canary has {} requests",
+                "Analysis:    errors <= {}%{latency}{vs_stable}, judged every {}s once the canary has {} requests",
                 a.max_error_rate_percent, a.interval_seconds, a.min_requests
             );
+            if let Some(state) = status.rollout.as_ref().and_then(|r| r.analysis.as_ref()) {
+                let _ = writeln!(
+                    out,
+                    "             {} interval(s) passed at this step; current interval since {}",
+                    state.passed, state.interval_start
+                );
+                if let Some(last) = &state.last {
+                    let _ = writeln!(
+                        out,
+                        "  Last:      {} at {}: {}",
+                        last.outcome.as_str(),
+                        last.at,
+                        last.message
+                    );
+                }
+            }
         }
     }
     let _ = writeln!(

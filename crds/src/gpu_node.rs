@@ -212,6 +212,22 @@ pub struct PipelineStatus {
     /// Latency summary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency: Option<LatencySummary>,
+    /// Requests since load per latency bucket (bucket `i`: up to `2^i` ms,
+    /// the last: above), which canary analysis sums and differences.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 18))]
+    pub latency_buckets: Vec<i64>,
+}
+
+impl PipelineStatus {
+    /// The counts canary analysis reads.
+    pub fn tally(&self) -> crate::analysis::RequestTally {
+        crate::analysis::RequestTally {
+            requests: self.requests,
+            errors: self.errors,
+            latency_buckets: self.latency_buckets.clone(),
+        }
+    }
 }
 
 /// One stage of a loaded pipeline.

@@ -283,6 +283,11 @@ pub struct AnalysisSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 600000))]
     pub max_p95_latency_ms: Option<u32>,
+    /// Highest p95 latency of the canary above the stable version's over the
+    /// same interval, in percent (judged when stable served `minRequests`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub max_p95_increase_percent: Option<u32>,
     /// Least canary requests in an interval before it is judged.
     #[serde(default = "default_min_requests")]
     #[schemars(range(min = 1, max = 1000000))]
@@ -472,6 +477,9 @@ pub struct RolloutStatus {
     /// Kept in status so that an operator restart resumes where it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
+    /// Canary analysis: the interval being measured and the last verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<crate::analysis::AnalysisStatus>,
 }
 
 /// Phase of a rollout.

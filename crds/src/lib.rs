@@ -1,6 +1,7 @@
 //! The GoGrid API (`gogrid.io/v1alpha1`): custom resource types, their CEL rules,
 //! the presets and the effective-policy function shared by operator and agent.
 
+pub mod analysis;
 pub mod conditions;
 pub mod crdgen;
 pub mod gpu_node;

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
+use crate::analysis::{Counts, analyse};
 use crate::inference_deployment::{
     InferenceDeploymentSpec, RolloutPhase, RolloutStatus, RolloutStrategy, TrafficSplit,
 };
@@ -38,6 +39,7 @@ pub fn spec_traffic(spec: &InferenceDeploymentSpec) -> (TrafficSplit, RolloutSta
             now: Timestamp::UNIX_EPOCH,
             previous: None,
             ready: false,
+            counts: None,
         },
     );
     (e.traffic, e.rollout)
@@ -53,6 +55,9 @@ pub struct Observed<'a> {
     /// Whether the canary (or preview) version is ready on every placed node:
     /// steps and auto-promotion wait for it.
     pub ready: bool,
+    /// What the agents report for the canary and stable versions, for
+    /// `canary.analysis` (none: the analysis does not run).
+    pub counts: Option<&'a Counts>,
 }
 
 /// The operator's split and rollout state, and when to look again.
@@ -120,26 +125,7 @@ pub fn effective(spec: &InferenceDeploymentSpec, observed: &Observed<'_>) -> Eff
             else {
                 return stable_only();
             };
-            let version = canary.version.clone();
-            if settings.steps.is_empty() {
-                let weight = settings.weight.clamp(0, 100);
-                return Effective {
-                    traffic: TrafficSplit {
-                        canary_version: Some(version.clone()),
-                        canary_weight: weight,
-                        ..split(&stable)
-                    },
-                    rollout: RolloutStatus {
-                        version: Some(version.clone()),
-                        ..state(
-                            RolloutPhase::Canary,
-                            format!("{weight}% of unversioned requests go to {version}"),
-                        )
-                    },
-                    next: None,
-                };
-            }
-            canary_steps(&stable, &version, &settings.steps, observed)
+            canary_rollout(&stable, &canary.version, settings, observed)
         }
         Some(RolloutStrategy::BlueGreen) => {
             let (Some(preview), Some(bg)) = (
@@ -154,10 +140,97 @@ pub fn effective(spec: &InferenceDeploymentSpec, observed: &Observed<'_>) -> Eff
     }
 }
 
+/// A canary by weight or by steps, judged by `canary.analysis` when it is set:
+/// a failed interval rolls back at once, and a step ends only once an
+/// interval has passed during it.
+fn canary_rollout(
+    stable: &str,
+    version: &str,
+    settings: &crate::inference_deployment::CanarySpec,
+    observed: &Observed<'_>,
+) -> Effective {
+    let previous = observed
+        .previous
+        .filter(|p| p.version.as_deref() == Some(version));
+    // A rolled-back version stays rolled back until the spec names another
+    // (or the state is cleared: `kubectl gogrid retry`).
+    if let Some(p) = previous.filter(|p| p.phase == RolloutPhase::RolledBack) {
+        return Effective {
+            traffic: split(stable),
+            rollout: p.clone(),
+            next: None,
+        };
+    }
+    let analysed = match (settings.analysis.as_ref(), observed.counts) {
+        (Some(spec), Some(counts)) => Some(analyse(
+            spec,
+            previous
+                .filter(|p| p.phase == RolloutPhase::Canary)
+                .and_then(|p| p.analysis.as_ref()),
+            counts,
+            observed.now,
+        )),
+        _ => None,
+    };
+    if let Some(a) = &analysed
+        && let Some(why) = &a.failed
+    {
+        return Effective {
+            traffic: split(stable),
+            rollout: RolloutStatus {
+                version: Some(version.to_owned()),
+                since: Some(observed.now.to_string()),
+                analysis: Some(a.state.clone()),
+                step: previous.and_then(|p| p.step),
+                ..state(
+                    RolloutPhase::RolledBack,
+                    format!("rolled back to {stable}: {version} failed analysis: {why}"),
+                )
+            },
+            next: None,
+        };
+    }
+    let mut e = if settings.steps.is_empty() {
+        let weight = settings.weight.clamp(0, 100);
+        Effective {
+            traffic: TrafficSplit {
+                canary_version: Some(version.to_owned()),
+                canary_weight: weight,
+                ..split(stable)
+            },
+            rollout: RolloutStatus {
+                version: Some(version.to_owned()),
+                ..state(
+                    RolloutPhase::Canary,
+                    format!("{weight}% of unversioned requests go to {version}"),
+                )
+            },
+            next: None,
+        }
+    } else {
+        let passed = analysed.as_ref().map(|a| a.state.passed);
+        canary_steps(stable, version, &settings.steps, passed, observed)
+    };
+    if let Some(mut a) = analysed
+        && e.rollout.phase == RolloutPhase::Canary
+    {
+        // Intervals passed count for the step they passed in.
+        if previous.and_then(|p| p.step) != e.rollout.step {
+            a.state.passed = 0;
+        }
+        e.rollout.analysis = Some(a.state);
+        e.next = Some(e.next.map_or(a.left, |n| n.min(a.left)));
+    }
+    e
+}
+
+/// `passed`: the analysis intervals passed during the step in force (none:
+/// no analysis).
 fn canary_steps(
     stable: &str,
     version: &str,
     steps: &[crate::inference_deployment::CanaryStep],
+    passed: Option<i32>,
     observed: &Observed<'_>,
 ) -> Effective {
     let now = observed.now;
@@ -187,8 +260,10 @@ fn canary_steps(
     step = step.min(n - 1);
     let pause = |i: usize| Duration::from_secs(u64::from(steps[i].pause_seconds));
     // One step per look: each step holds its weight for its whole pause, and
-    // only while the canary serves on every node.
-    if observed.ready && elapsed(since, now) >= pause(step) {
+    // only while the canary serves on every node and passes its analysis.
+    let paused = elapsed(since, now) >= pause(step);
+    let judged = passed.is_none_or(|p| p >= 1);
+    if observed.ready && paused && judged {
         if step + 1 == n {
             return done(format!(
                 "all {n} steps done: {version} takes all traffic; set spec.model to it to finish"
@@ -201,7 +276,12 @@ fn canary_steps(
     let left = pause(step).saturating_sub(elapsed(since, now));
     // Messages name absolute times, not countdowns: a status that changes
     // with every look would be written with every look.
-    let message = if observed.ready {
+    let message = if observed.ready && paused {
+        format!(
+            "step {}/{n}: {weight}% of unversioned requests go to {version}; waiting for an analysis interval to pass",
+            step + 1
+        )
+    } else if observed.ready {
         format!(
             "step {}/{n}: {weight}% of unversioned requests go to {version} until {}",
             step + 1,
@@ -225,7 +305,8 @@ fn canary_steps(
             since: Some(since.to_string()),
             ..state(RolloutPhase::Canary, message)
         },
-        next: Some(left.max(Duration::from_secs(1))),
+        // Past the pause, the analysis says when to look again.
+        next: (!paused || judged).then(|| left.max(Duration::from_secs(1))),
     }
 }
 
@@ -357,6 +438,7 @@ mod tests {
                 now: at(now),
                 previous,
                 ready,
+                counts: None,
             },
         )
     }
@@ -428,6 +510,125 @@ mod tests {
         };
         let e = look(&s, Some(&old), 5, true);
         assert_eq!((e.traffic.canary_weight, e.rollout.step), (10, Some(0)));
+    }
+
+    fn with_counts(
+        spec: &InferenceDeploymentSpec,
+        previous: Option<&RolloutStatus>,
+        now: u64,
+        canary: (i64, i64),
+    ) -> Effective {
+        let tally = |(requests, errors): (i64, i64)| crate::analysis::RequestTally {
+            requests,
+            errors,
+            latency_buckets: vec![requests],
+        };
+        let counts = Counts {
+            nodes: vec!["n1".into()],
+            canary: tally(canary),
+            stable: tally((1000, 0)),
+        };
+        effective(
+            spec,
+            &Observed {
+                now: at(now),
+                previous,
+                ready: true,
+                counts: Some(&counts),
+            },
+        )
+    }
+
+    fn analysed_steps() -> InferenceDeploymentSpec {
+        spec(json!({"strategy": "Canary", "canary": {
+            "steps": [{"weight": 10, "pauseSeconds": 10}, {"weight": 50, "pauseSeconds": 10}],
+            "analysis": {"intervalSeconds": 30, "minRequests": 20, "maxErrorRatePercent": 5}}}))
+    }
+
+    #[test]
+    fn a_step_ends_only_once_an_analysis_interval_has_passed_in_it() {
+        let s = analysed_steps();
+        let e = with_counts(&s, None, 0, (0, 0));
+        assert_eq!(e.next, Some(Duration::from_secs(10)));
+        // The pause is over but no interval is: the step holds.
+        let e = with_counts(&s, Some(&e.rollout), 10, (10, 0));
+        assert_eq!((e.traffic.canary_weight, e.rollout.step), (10, Some(0)));
+        assert!(
+            e.rollout
+                .message
+                .as_deref()
+                .unwrap_or_default()
+                .contains("waiting for an analysis interval")
+        );
+        assert_eq!(
+            e.next,
+            Some(Duration::from_secs(20)),
+            "looks again when the interval ends"
+        );
+        // The interval passes (100 requests, 1 error): the next step.
+        let e = with_counts(&s, Some(&e.rollout), 30, (100, 1));
+        assert_eq!((e.traffic.canary_weight, e.rollout.step), (50, Some(1)));
+        let a = e.rollout.analysis.clone().expect("analysis in status");
+        assert_eq!(a.passed, 0, "the interval was spent on step 1");
+        assert_eq!(
+            a.last.map(|l| l.outcome),
+            Some(crate::analysis::AnalysisOutcome::Passed)
+        );
+        // Step 2 needs its own interval.
+        let e = with_counts(&s, Some(&e.rollout), 60, (300, 1));
+        assert_eq!(e.rollout.phase, RolloutPhase::Promoted);
+        assert_eq!(e.traffic, split("v2"));
+    }
+
+    #[test]
+    fn a_failed_interval_rolls_back_at_once_and_stays_rolled_back() {
+        let s = analysed_steps();
+        let e = with_counts(&s, None, 0, (0, 0));
+        let e = with_counts(&s, Some(&e.rollout), 30, (100, 30));
+        assert_eq!(e.rollout.phase, RolloutPhase::RolledBack);
+        assert_eq!(e.traffic, split("v1"), "nothing goes to the canary");
+        let why = e.rollout.message.clone().unwrap_or_default();
+        assert!(
+            why.contains("rolled back to v1: v2 failed analysis: error rate 30.0%"),
+            "{why}"
+        );
+        // The status round-trips; the canary does not come back by itself.
+        let stored: RolloutStatus =
+            serde_json::from_value(serde_json::to_value(&e.rollout).expect("json"))
+                .expect("status");
+        let later = with_counts(&s, Some(&stored), 500, (100, 30));
+        assert_eq!((later.traffic, later.rollout), (split("v1"), stored));
+    }
+
+    #[test]
+    fn an_operator_restart_resumes_the_interval_from_status() {
+        let s = analysed_steps();
+        let e = with_counts(&s, None, 0, (0, 0));
+        let stored: RolloutStatus =
+            serde_json::from_value(serde_json::to_value(&e.rollout).expect("json"))
+                .expect("status");
+        // 30 s after the first look, with the counts since it: judged, not restarted.
+        let e = with_counts(&s, Some(&stored), 30, (100, 0));
+        assert_eq!(e.rollout.step, Some(1));
+    }
+
+    #[test]
+    fn a_manual_canary_with_analysis_rolls_back_too() {
+        let s = spec(json!({"strategy": "Canary", "canary": {"weight": 40,
+            "analysis": {"intervalSeconds": 10, "minRequests": 10, "maxErrorRatePercent": 1}}}));
+        let e = with_counts(&s, None, 0, (0, 0));
+        assert_eq!(e.traffic.canary_weight, 40);
+        assert_eq!(e.next, Some(Duration::from_secs(10)));
+        let e = with_counts(&s, Some(&e.rollout), 10, (50, 0));
+        assert_eq!(
+            (e.traffic.canary_weight, e.rollout.phase),
+            (40, RolloutPhase::Canary)
+        );
+        let e = with_counts(&s, Some(&e.rollout), 20, (100, 5));
+        assert_eq!(
+            (e.traffic.canary_weight, e.rollout.phase),
+            (0, RolloutPhase::RolledBack)
+        );
     }
 
     #[test]

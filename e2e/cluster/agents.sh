@@ -47,6 +47,7 @@ start_agent() { # <pod> <uid> <node> <ip> <profile> <restarts>
     KUBECONFIG="$kubeconfig" NODE_NAME="$node" POD_NAME="$pod" POD_NAMESPACE="$GG_NAMESPACE" POD_IP="$ip" \
     GOGRID_PROFILE="$profile" GOGRID_HTTP_ADDR="$ip:8000" GOGRID_GRPC_ADDR="$ip:8001" \
     GOGRID_METRICS_ADDR="$ip:8002" GOGRID_SIMULATE_GPUS=2x24Gi CANDLE_NUM_THREADS=1 GOGRID_LOG="${GOGRID_LOG:-info}" \
+    GOGRID_STATS_SECONDS="${GOGRID_STATS_SECONDS:-2}" \
     "$agent_bin" run >> "$logf" 2>&1 < /dev/null &
   local pid=$!
   echo "$pid $uid $node $ip $profile $restarts $SECONDS" > "$state/$pod"

@@ -5,6 +5,8 @@
 #   ctl.sh start|stop|kill operator-standby   a second replica (gogrid-operator-local-1, http :8081)
 #   ctl.sh restart apiserver                  stop kube-apiserver and start it again (up.sh)
 #   ctl.sh node-add N                         re-create node gg-node-N (up.sh) in the default preset
+#   ctl.sh term agent NODE                    SIGTERM the agent of NODE (it drains and exits;
+#                                             the supervisor starts it again, as the kubelet would)
 set -euo pipefail
 # shellcheck source=e2e/cluster/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -45,5 +47,11 @@ case "${1:-} ${2:-}" in
       || { tail -n 20 "$GG_LOGS/ctl-up.log" >&2; gg_die "up.sh failed"; }
     gg_kubectl label --overwrite node "$node" gogrid.io/preset=default >/dev/null
     gg_log "node $node is back" ;;
-  *) echo "usage: ctl.sh start|stop|kill operator|operator-standby | restart apiserver | node-add N" >&2; exit 2 ;;
+  "term agent")
+    node=${3:?usage: ctl.sh term agent NODE}
+    pid=$(awk -v n="$node" '$3 == n {print $1}' "$GG_RUN"/agents/* 2>/dev/null | head -n 1)
+    [ -n "$pid" ] || gg_die "no agent runs on $node"
+    kill -TERM "$pid"
+    gg_log "agent on $node (pid $pid) sent SIGTERM" ;;
+  *) echo "usage: ctl.sh start|stop|kill operator|operator-standby | restart apiserver | node-add N | term agent NODE" >&2; exit 2 ;;
 esac

@@ -4,6 +4,8 @@
 //! `GOGRID_E2E_KUBECONFIG` names; tests that stop and start local processes
 //! skip themselves on an external cluster.
 
+pub mod load;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run as the agent of one Kubernetes node (what the DaemonSet runs).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run without Kubernetes, from one file (listen addresses, a ResourceProfile
     /// spec, InferenceDeployment specs): desktops and tests.
     Serve(ServeArgs),
@@ -67,6 +67,15 @@ pub struct RunArgs {
     /// Seconds between heartbeats of the GpuNode status when nothing changes.
     #[arg(long, env = "GOGRID_HEARTBEAT_SECONDS", default_value_t = 30)]
     pub heartbeat_seconds: u64,
+    /// Seconds between reports of each version's request counts (canary
+    /// analysis reads them; an idle node writes nothing).
+    #[arg(long, env = "GOGRID_STATS_SECONDS", default_value_t = 10)]
+    pub stats_seconds: u64,
+    /// Seconds between a stop signal and the end of serving: the agent reports
+    /// itself not ready at once and keeps answering while the operator takes
+    /// it out of the EndpointSlices (keep it below the pod's grace period).
+    #[arg(long, env = "GOGRID_DRAIN_SECONDS", default_value_t = 5)]
+    pub drain_seconds: u64,
 }
 
 /// Who this agent is, as written into its GpuNode.
@@ -100,6 +109,16 @@ impl RunArgs {
             grpc_port: self.grpc_addr.port(),
             metrics_port: self.metrics_addr.port(),
         }
+    }
+
+    /// How long to keep answering after a stop signal.
+    pub fn drain(&self) -> Duration {
+        Duration::from_secs(self.drain_seconds)
+    }
+
+    /// How often request counts are reported.
+    pub fn stats_every(&self) -> Duration {
+        Duration::from_secs(self.stats_seconds.max(1))
     }
 
     /// The heartbeat interval.

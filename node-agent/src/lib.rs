@@ -22,7 +22,7 @@ use gogrid_runtime::Shutdown;
 /// Run the command the CLI names.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run(args) => run_in_cluster(args).await,
+        Command::Run(args) => run_in_cluster(*args).await,
         Command::Serve(args) => run_standalone(args).await,
     }
 }
@@ -42,7 +42,21 @@ async fn run_in_cluster(args: config::RunArgs) -> anyhow::Result<()> {
     let client = gogrid_runtime::kube_client::client()
         .await
         .context("building a Kubernetes client")?;
-    let shutdown = Shutdown::on_signals();
+    // A signal starts the drain: the GpuNode says nothing is ready, the
+    // operator takes the agent out of the EndpointSlices, and only after
+    // `--drain-seconds` (answering all the while) does everything stop.
+    let draining = Shutdown::on_signals();
+    let shutdown = Shutdown::default();
+    let drain_task = {
+        let (draining, shutdown, drain) = (draining.clone(), shutdown.clone(), args.drain());
+        async move {
+            draining.wait().await;
+            tracing::info!(seconds = drain.as_secs(), "draining before shutdown");
+            tokio::time::sleep(drain).await;
+            shutdown.trigger();
+            anyhow::Ok(())
+        }
+    };
     let metrics = Arc::new(metrics::Metrics::default());
     let ready = http::Readiness::default();
 
@@ -66,6 +80,7 @@ async fn run_in_cluster(args: config::RunArgs) -> anyhow::Result<()> {
             inventory: inventory.clone(),
             policy: policy_rx.clone(),
             desired: desired_rx,
+            stats_every: args.stats_every(),
         },
         node::Listen {
             http: args.http_addr,
@@ -86,6 +101,7 @@ async fn run_in_cluster(args: config::RunArgs) -> anyhow::Result<()> {
         },
         args.heartbeat(),
         ready.clone(),
+        draining,
         shutdown.clone(),
     );
     let http_task = http::serve(args.metrics_addr, metrics, ready, shutdown.clone());
@@ -94,7 +110,8 @@ async fn run_in_cluster(args: config::RunArgs) -> anyhow::Result<()> {
         deployments_task,
         node_task,
         report_task,
-        http_task
+        http_task,
+        drain_task
     )?;
     tracing::info!("agent shut down cleanly");
     Ok(())
@@ -141,6 +158,7 @@ async fn run_standalone(args: config::ServeArgs) -> anyhow::Result<()> {
             inventory,
             policy: policy_rx,
             desired: desired_rx,
+            stats_every: pipeline::manager::STATS_EVERY,
         },
         node::Listen {
             http: file.listen.http,

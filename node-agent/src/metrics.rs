@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicI64;
 
 use gogrid_crds::gpu_node::GpuNodeStatus;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
 use prometheus_client::registry::{Registry, Unit};
 
@@ -52,6 +53,9 @@ pub struct Metrics {
     compute_max_percent: Gauge<i64, AtomicI64>,
     /// GpuNode status writes.
     pub gpunode_writes: Counter,
+    /// Seconds from a deployment change reaching the agent to its traffic
+    /// split routing requests.
+    pub split_apply: Histogram,
 }
 
 impl Default for Metrics {
@@ -106,6 +110,14 @@ impl Default for Metrics {
         let vram_max_percent = Gauge::<i64, AtomicI64>::default();
         let compute_max_percent = Gauge::<i64, AtomicI64>::default();
         let gpunode_writes = Counter::default();
+        // 50 µs .. 1.6 s
+        let split_apply = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        registry.register_with_unit(
+            "split_apply",
+            "Time from a deployment change reaching the agent to its traffic split routing requests (includes loading a version the change adds)",
+            Unit::Seconds,
+            split_apply.clone(),
+        );
         registry.register_with_unit(
             "gpu_memory_total",
             "Memory of each GPU",
@@ -149,6 +161,7 @@ impl Default for Metrics {
             vram_max_percent,
             compute_max_percent,
             gpunode_writes,
+            split_apply,
         }
     }
 }

@@ -48,6 +48,9 @@ pub struct Inputs {
     pub policy: watch::Receiver<Option<EffectivePolicy>>,
     /// The deployments to serve.
     pub desired: watch::Receiver<Vec<Desired>>,
+    /// How often each version's request counts go to the GpuNode (canary
+    /// analysis reads them).
+    pub stats_every: Duration,
 }
 
 fn batch_policy(p: &EffectivePolicy) -> BatchPolicy {
@@ -120,6 +123,7 @@ pub async fn run(
         inventory,
         mut policy,
         desired,
+        stats_every,
     } = inputs;
     let host_memory = host_memory_bytes();
     let gpus = inventory.read().unwrap_or_default();
@@ -206,7 +210,9 @@ pub async fn run(
         }
     };
 
-    let manager = Manager::new(registry.clone(), ledger, admission, pipelines, placement);
+    let manager = Manager::new(registry.clone(), ledger, admission, pipelines, placement)
+        .with_stats_every(stats_every)
+        .with_split_timer(metrics.split_apply.clone());
     let state = ServeState::new(registry, Limits::default());
     let http = tokio::net::TcpListener::bind(listen.http)
         .await

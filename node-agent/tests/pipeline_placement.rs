@@ -135,6 +135,7 @@ async fn layers_are_placed_over_the_gpus_the_spec_asks_for() {
             inventory: Arc::new(Declared::parse("3x1Gi").expect("inventory")),
             policy: policy_rx,
             desired: desired_rx,
+            stats_every: std::time::Duration::from_secs(10),
         },
         listen,
         Arc::new(Metrics::default()),

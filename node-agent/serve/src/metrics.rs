@@ -59,7 +59,8 @@ struct ModelLabels {
 }
 
 /// Latency buckets: 1 ms .. ~65 s, doubling.
-const LATENCY_BUCKETS: usize = 17;
+/// Bounded latency buckets (1 ms .. 65.5 s); the tallies keep one more.
+pub const LATENCY_BUCKETS: usize = 17;
 
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, LATENCY_BUCKETS as u16))
@@ -86,6 +87,9 @@ pub struct VersionStats {
     pub p95_ms: Option<u32>,
     /// 99th percentile.
     pub p99_ms: Option<u32>,
+    /// Requests per latency bucket: bucket `i` up to `2^i` ms, the last one
+    /// above every bound.
+    pub buckets: [u64; LATENCY_BUCKETS + 1],
 }
 
 #[derive(Debug, Clone, Default)]
@@ -193,6 +197,7 @@ impl Metrics {
             p50_ms: t.percentile(0.50),
             p95_ms: t.percentile(0.95),
             p99_ms: t.percentile(0.99),
+            buckets: t.buckets,
         })
     }
 

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use gogrid_crds::gpu_node::{LatencySummary, PipelineStatus, StageStatus};
 use gogrid_crds::inference_deployment::{
@@ -27,8 +28,9 @@ use crate::sync::deployments::{DeploymentKey, Desired};
 /// How often failed loads are tried again.
 const RETRY: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// How often the versions' request counts and latency are published.
-const STATS: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often the versions' request counts and latency are published, unless
+/// told otherwise.
+pub const STATS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One loaded (or failed) model version.
 #[derive(Debug)]
@@ -49,6 +51,9 @@ pub struct Manager {
     splits: BTreeMap<String, Arc<WeightedSplit>>,
     status: watch::Sender<Vec<PipelineStatus>>,
     inventory: Arc<dyn Inventory>,
+    stats_every: std::time::Duration,
+    /// Time from a change of the wanted deployments to its split routing.
+    split_apply: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 /// The devices a load is offered: ledger devices (none: the CPU, unaccounted)
@@ -107,7 +112,25 @@ impl Manager {
             splits: BTreeMap::new(),
             status,
             inventory,
+            stats_every: STATS_EVERY,
+            split_apply: None,
         }
+    }
+
+    /// Observes in `histogram` the seconds from a change of the wanted
+    /// deployments to the new split routing requests.
+    pub fn with_split_timer(
+        mut self,
+        histogram: prometheus_client::metrics::histogram::Histogram,
+    ) -> Self {
+        self.split_apply = Some(histogram);
+        self
+    }
+
+    /// Publishes request counts every `every` instead of [`STATS_EVERY`].
+    pub fn with_stats_every(mut self, every: std::time::Duration) -> Self {
+        self.stats_every = every.max(std::time::Duration::from_secs(1));
+        self
     }
 
     /// Follow `desired` until shutdown.
@@ -123,25 +146,26 @@ impl Manager {
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // What each version served goes to status on this tick (only when it
         // changed: an idle node writes nothing).
-        let mut stats = tokio::time::interval(STATS);
+        let mut stats = tokio::time::interval(self.stats_every);
         stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut wanted = desired.borrow_and_update().clone();
-        self.reconcile(&wanted).await;
+        self.reconcile(&wanted, Instant::now()).await;
         loop {
             tokio::select! {
                 changed = desired.changed() => {
                     if changed.is_err() { return Ok(()) }
+                    let seen = Instant::now();
                     wanted = desired.borrow_and_update().clone();
-                    self.reconcile(&wanted).await;
+                    self.reconcile(&wanted, seen).await;
                 }
-                _ = retry.tick() => self.reconcile(&wanted).await,
+                _ = retry.tick() => self.reconcile(&wanted, Instant::now()).await,
                 _ = stats.tick() => self.publish(&wanted),
                 _ = shutdown.wait() => return Ok(()),
             }
         }
     }
 
-    async fn reconcile(&mut self, wanted: &[Desired]) {
+    async fn reconcile(&mut self, wanted: &[Desired], seen: Instant) {
         // Load what is missing or changed, before unloading anything.
         for d in wanted {
             for model in d.versions() {
@@ -153,7 +177,11 @@ impl Manager {
                 }
                 self.load(&d.key, model, d.spec.pipeline.as_ref()).await;
             }
-            self.route(&d.spec.model.name, &d.traffic);
+            if self.route(&d.spec.model.name, &d.traffic)
+                && let Some(h) = &self.split_apply
+            {
+                h.observe(seen.elapsed().as_secs_f64());
+            }
         }
         // Unload versions no longer wanted.
         let keep: Vec<(DeploymentKey, String)> = wanted
@@ -405,10 +433,10 @@ impl Manager {
         }
     }
 
-    fn route(&mut self, model: &str, traffic: &TrafficSplit) {
+    /// Routes `model` by `traffic`; whether the split in force changed.
+    fn route(&mut self, model: &str, traffic: &TrafficSplit) -> bool {
         if let Some(split) = self.splits.get(model) {
-            split.set(traffic);
-            return;
+            return split.set(traffic);
         }
         let split = Arc::new(WeightedSplit::default());
         split.set(traffic);
@@ -420,7 +448,9 @@ impl Manager {
             .is_ok()
         {
             self.splits.insert(model.to_owned(), split);
+            return true;
         }
+        false
     }
 
     fn publish(&self, wanted: &[Desired]) {
@@ -436,6 +466,11 @@ impl Manager {
                     .metrics()
                     .version_stats(&e.model.name, version)
                 {
+                    s.latency_buckets = st
+                        .buckets
+                        .iter()
+                        .map(|&n| i64::try_from(n).unwrap_or(i64::MAX))
+                        .collect();
                     s.requests = i64::try_from(st.requests).unwrap_or(i64::MAX);
                     s.errors = i64::try_from(st.errors).unwrap_or(i64::MAX);
                     s.latency = match (st.p50_ms, st.p95_ms, st.p99_ms) {
@@ -457,5 +492,37 @@ impl Manager {
             *current = pipelines;
             true
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use gogrid_crds::analysis::{LATENCY_BUCKETS, RequestTally};
+    use gogrid_serve::{Metrics, Protocol};
+    use std::time::Duration;
+
+    #[test]
+    fn the_buckets_the_agent_reports_are_the_ones_analysis_reads() {
+        let m = Metrics::unregistered();
+        for ms in [1, 3, 3, 40, 700, 70_000] {
+            m.record_request(
+                "m",
+                "1",
+                Protocol::Rest,
+                200,
+                None,
+                Duration::from_millis(ms),
+            );
+        }
+        let s = m.version_stats("m", "1").expect("stats");
+        assert_eq!(s.buckets.len(), LATENCY_BUCKETS);
+        let t = RequestTally {
+            requests: 6,
+            errors: 0,
+            latency_buckets: s.buckets.iter().map(|&n| n as i64).collect(),
+        };
+        assert_eq!(t.percentile_ms(0.5), s.p50_ms);
+        assert_eq!(t.percentile_ms(0.95), s.p95_ms);
+        assert_eq!(t.percentile_ms(0.99), s.p99_ms);
     }
 }

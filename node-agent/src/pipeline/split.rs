@@ -24,13 +24,15 @@ pub fn to_canary(n: u64, weight: u64) -> bool {
 }
 
 impl WeightedSplit {
-    /// Route by `traffic` from now on.
-    pub fn set(&self, traffic: &TrafficSplit) {
+    /// Route by `traffic` from now on; whether that changed anything.
+    pub fn set(&self, traffic: &TrafficSplit) -> bool {
         if let Ok(mut t) = self.traffic.write()
             && t.as_ref() != Some(traffic)
         {
             *t = Some(traffic.clone());
+            return true;
         }
+        false
     }
 
     /// The percentage of unversioned requests `version` gets under `traffic`.

@@ -156,12 +156,15 @@ impl Reporter {
         Ok(())
     }
 
-    /// Report until shutdown.
+    /// Report until shutdown. Once `draining` fires every pipeline is
+    /// reported not ready, so that the operator takes this agent out of the
+    /// EndpointSlices while it still answers.
     pub async fn run(
         self,
         feeds: Feeds,
         heartbeat: Duration,
         ready: Readiness,
+        draining: Shutdown,
         shutdown: Shutdown,
     ) -> anyhow::Result<()> {
         let Feeds {
@@ -187,7 +190,14 @@ impl Reporter {
         let mut poll = tokio::time::interval(POLL);
         loop {
             let current = policy.borrow_and_update().clone();
-            let loaded = pipelines.borrow_and_update().clone();
+            let mut loaded = pipelines.borrow_and_update().clone();
+            let is_draining = draining.is_shutting_down();
+            if is_draining {
+                for p in &mut loaded {
+                    p.ready = false;
+                    p.message = Some("draining: the agent is shutting down".to_owned());
+                }
+            }
             let inventory = gpus.borrow_and_update().clone();
             let mut desired = status(
                 &self.identity,
@@ -225,6 +235,7 @@ impl Reporter {
                 changed = priority.changed() => if changed.is_err() { shutdown.wait().await; return Ok(()) },
                 changed = gpus.changed() => if changed.is_err() { shutdown.wait().await; return Ok(()) },
                 _ = poll.tick() => {}
+                _ = draining.wait(), if !is_draining => {}
                 _ = shutdown.wait() => return Ok(()),
             }
         }

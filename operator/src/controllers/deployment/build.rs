@@ -74,14 +74,57 @@ pub fn traffic(
         let e = endpoints(infd, placement, gpunodes, v, now, stale_seconds);
         !e.is_empty() && e.len() == placement.len() && e.iter().all(|e| e.ready)
     });
+    let counts = analysis_counts(infd, placement, gpunodes);
     gogrid_crds::rollout::effective(
         &infd.spec,
         &gogrid_crds::rollout::Observed {
             now,
             previous: infd.status.as_ref().and_then(|s| s.rollout.as_ref()),
             ready,
+            counts: counts.as_ref(),
         },
     )
+}
+
+/// The canary's and the stable version's request counts summed over the
+/// placed nodes whose agents report either, when `canary.analysis` asks.
+pub fn analysis_counts(
+    infd: &InferenceDeployment,
+    placement: &[NodePlacement],
+    gpunodes: &[Arc<GpuNode>],
+) -> Option<gogrid_crds::analysis::Counts> {
+    let rollout = infd.spec.rollout.as_ref()?;
+    rollout.canary.as_ref()?.analysis.as_ref()?;
+    let canary = infd.spec.canary_model()?.version.as_str();
+    let stable = infd.spec.model.version.as_str();
+    let ns = infd.namespace().unwrap_or_default();
+    let name = infd.name_any();
+    let mut counts = gogrid_crds::analysis::Counts::default();
+    for p in placement {
+        let Some(status) = gpunodes
+            .iter()
+            .find(|g| g.name_any() == p.node)
+            .and_then(|g| g.status.as_ref())
+        else {
+            continue;
+        };
+        let (c, s) = (
+            status.pipeline(&ns, &name, canary),
+            status.pipeline(&ns, &name, stable),
+        );
+        if c.is_none() && s.is_none() {
+            continue;
+        }
+        counts.nodes.push(p.node.clone());
+        if let Some(c) = c {
+            counts.canary.add(&c.tally());
+        }
+        if let Some(s) = s {
+            counts.stable.add(&s.tally());
+        }
+    }
+    counts.nodes.sort();
+    Some(counts)
 }
 
 /// Roles with a Service: the main one always, the preview one during blue-green.

@@ -279,7 +279,13 @@ async fn announce(
             }
             _ => "Rollout".to_owned(),
         };
-        ctx.events.normal(reference, reason, &action, message).await;
+        if r.phase == gogrid_crds::inference_deployment::RolloutPhase::RolledBack {
+            ctx.events
+                .warning(reference, reason, &action, message)
+                .await;
+        } else {
+            ctx.events.normal(reference, reason, &action, message).await;
+        }
     }
     if before
         .placement

@@ -106,6 +106,11 @@ pub fn desired(
             "RolloutInProgress",
             o.rollout.message.clone().unwrap_or_default(),
         ),
+        RolloutPhase::RolledBack => Desired::no(
+            conditions::PROGRESSING,
+            "RolledBack",
+            o.rollout.message.clone().unwrap_or_default(),
+        ),
         _ if o.ready < placed => Desired::yes(
             conditions::PROGRESSING,
             "Loading",
