@@ -49,6 +49,10 @@ fuzz: ## The request-decoding fuzz targets, 10 minutes each
 bench: ## GoGrid against llama.cpp, sentence-transformers, ONNX Runtime and KServe (docs/bench/)
 	hack/bench.sh
 
+.PHONY: bench-propagation
+bench-propagation: ## Weight edit to every agent at 1, 10 and 100 nodes of the local cluster (docs/bench/propagation-*)
+	hack/bench-propagation.sh
+
 .PHONY: chart
 chart: ## helm lint, helm-unittest suites and the install.yaml drift check
 	@echo "==> helm lint charts/gogrid"

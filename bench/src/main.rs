@@ -11,13 +11,18 @@
 //! - `serve`: a GoGrid server with the identity model or MiniLM, for `load`;
 //! - `load`: a closed-loop load generator (HTTP/1.1 keep-alive or gRPC):
 //!   requests/s and latency percentiles;
-//! - `membw`: the single-thread memory read bandwidth, the decode ceiling.
+//! - `membw`: the single-thread memory read bandwidth, the decode ceiling;
+//! - `tiny-llama`: writes a tiny random llama GGUF (the one the pipeline tests
+//!   use) for benchmarks that need many agents to load a model at once.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod engine;
 mod load;
 mod serve;
 mod stats;
+#[path = "../../node-agent/pipeline/tests/common/tiny.rs"]
+#[allow(dead_code, clippy::expect_used)]
+mod tiny;
 
 use clap::{Parser, Subcommand};
 
@@ -45,6 +50,12 @@ enum Command {
     Load(load::LoadArgs),
     /// Single-thread memory read bandwidth.
     Membw(engine::MembwArgs),
+    /// Write a tiny random llama GGUF.
+    TinyLlama {
+        /// Where to write it.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,6 +70,10 @@ fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Load(a) => load::run(&a)?,
+        Command::TinyLlama { out } => {
+            tiny::TinyLlama::default().write(&out);
+            serde_json::json!({"path": out.display().to_string()})
+        }
     };
     println!("{}", serde_json::to_string(&value)?);
     Ok(())

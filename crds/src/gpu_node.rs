@@ -194,6 +194,11 @@ pub struct PipelineStatus {
     /// Why it is not ready (load error, refused for VRAM ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Why it is not ready, as one word: `InsufficientVram` (the node's
+    /// budget or the driver has no room for it), `ModelNameTaken` (another
+    /// deployment serves the model name here), `LoadFailed` (anything else).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Weight of this version in the agent's router, in percent.
     #[serde(default)]
     pub weight: i32,

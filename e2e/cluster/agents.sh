@@ -135,6 +135,12 @@ while $running; do
 done
 
 log "agent supervisor: stopping every agent"
+# Signal them all first: each drains for a few seconds, in parallel.
+for f in "$state"/*; do
+  [ -f "$f" ] || continue
+  read -r pid _ < "$f" || continue
+  alive "$pid" && kill -TERM "$pid" 2>/dev/null
+done
 for f in "$state"/*; do [ -f "$f" ] && stop_agent "${f##*/}" "supervisor stopping"; done
 rm -f "$state"/.exited-* "$state/.kubectl.err"
 log "agent supervisor: done"

@@ -285,8 +285,14 @@ status:
 EOF
   gg_log "   created node $node (podCIDR $(gg_node_cidr "$n"), InternalIP $(gg_node_ip "$n"))"
 done
-GG_WAIT_LOG="$GG_LOGS/kwok.log" gg_wait "$GG_NODES nodes Ready" 120 \
-  gg_kubectl wait --for=condition=Ready --timeout=1s node -l type=kwok
+# One list, not `kubectl wait` (one GET per node at kubectl's 5 requests/s).
+nodes_ready() {
+  local ready
+  ready=$(gg_kubectl get nodes -l type=kwok \
+    -o jsonpath='{range .items[*]}{range .status.conditions[?(@.type=="Ready")]}{.status}{"\n"}{end}{end}' | grep -c True)
+  [ "$ready" -ge "$GG_NODES" ]
+}
+GG_WAIT_LOG="$GG_LOGS/kwok.log" gg_wait "$GG_NODES nodes Ready" 120 nodes_ready
 
 # --- 7. GoGrid ----------------------------------------------------------------------------------
 if [ "${GOGRID_SKIP_INSTALL:-}" = 1 ]; then

@@ -295,3 +295,26 @@ pub async fn wait_for_split(
     })
     .await
 }
+
+/// A BERT model directory whose safetensors file declares one 24 GB tensor
+/// and holds no data (a sparse file), with the real model's config beside it.
+pub fn big_model(real: &str) -> anyhow::Result<std::path::PathBuf> {
+    use std::io::Write as _;
+    let dir = std::env::temp_dir().join(format!("gogrid-e2e-big-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let config = std::path::Path::new(real)
+        .parent()
+        .context("model directory")?
+        .join("config.json");
+    std::fs::copy(&config, dir.join("config.json"))?;
+    let elements: u64 = 6_000_000_000;
+    let header = serde_json::json!({"embeddings.word_embeddings.weight": {
+        "dtype": "F32", "shape": [elements], "data_offsets": [0, elements * 4]}})
+    .to_string();
+    let path = dir.join("model.safetensors");
+    let mut file = std::fs::File::create(&path)?;
+    file.write_all(&(header.len() as u64).to_le_bytes())?;
+    file.write_all(header.as_bytes())?;
+    file.set_len(8 + header.len() as u64 + elements * 4)?;
+    Ok(path)
+}

@@ -1,14 +1,17 @@
 //! Time-driven rollouts on a real control plane with real agents: canary
 //! steps advance by themselves and promote, and a blue-green preview is
 //! promoted by itself, the previous version staying loaded for the
-//! scale-down delay before it is unloaded; each move is an Event.
+//! scale-down delay before it is unloaded; each move is an Event. A canary
+//! that no node can hold next to the stable version waits, and says why.
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 use gogrid_crds::InferenceDeployment;
 use gogrid_crds::inference_deployment::RolloutPhase;
-use gogrid_e2e::{TestNamespace, agent_nodes, client, pipelines_of, wait_for, wait_for_split};
+use gogrid_e2e::{
+    TestNamespace, agent_nodes, big_model, client, pipelines_of, wait_for, wait_for_split,
+};
 use k8s_openapi::api::core::v1::Event;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
@@ -123,5 +126,70 @@ async fn blue_green_promotes_by_itself_and_keeps_the_old_version_for_the_delay()
     wait_for_split(&client, key, nodes, "v1", None, WAIT).await?;
     let reasons = event_reasons(&client, &ns.name, name).await?;
     assert!(reasons.iter().any(|r| r == "Promoted"), "{reasons:?}");
+    ns.cleanup(&client).await
+}
+
+#[tokio::test]
+async fn a_canary_the_nodes_cannot_hold_next_to_stable_waits_and_says_why() -> anyhow::Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "toobig").await?;
+    let name = "toobig";
+    let real = std::env::var("GOGRID_MODEL_MINILM")
+        .context("GOGRID_MODEL_MINILM must name all-MiniLM-L6-v2's model.safetensors")?;
+    let big = big_model(&real)?;
+    let canary = json!({"name": name, "version": "v2", "format": "safetensors", "task": "embedding",
+                        "source": {"path": big}});
+    let rollout = json!({"strategy": "Canary", "canary": {"model": canary,
+        "steps": [{"weight": 50, "pauseSeconds": 0}, {"weight": 80, "pauseSeconds": 0}]}});
+    let nodes = create(&client, &ns.name, name, rollout).await?;
+    let api: Api<InferenceDeployment> = Api::namespaced(client.clone(), &ns.name);
+    let message = wait_for("Degraded=True, reason InsufficientVram", WAIT, || async {
+        let status = api.get(name).await?.status.unwrap_or_default();
+        Ok(status
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == "InsufficientVram")
+            .map(|c| c.message))
+    })
+    .await?;
+    assert!(
+        message.contains("cannot hold v2 next to v1: refused"),
+        "{message}"
+    );
+    assert!(
+        message.contains("needs") && message.contains("budget"),
+        "{message}"
+    );
+    assert!(message.contains("the rollout waits"), "{message}");
+    // The split in force is the one really routed: v1 takes everything
+    // wherever v2 could not load, and says so.
+    let key = (ns.name.as_str(), name);
+    wait_for_split(&client, key, nodes, "v1", Some(100), WAIT).await?;
+    let refused = pipelines_of(&client, &ns.name, name, "v2").await?;
+    assert_eq!(refused.len(), nodes);
+    assert!(
+        refused
+            .iter()
+            .all(|p| !p.ready && p.weight == 0 && p.reason.as_deref() == Some("InsufficientVram")),
+        "{refused:?}"
+    );
+    // The steps hold at the first one.
+    let rollout = api
+        .get(name)
+        .await?
+        .status
+        .and_then(|s| s.rollout)
+        .context("rollout")?;
+    assert_eq!(
+        (rollout.phase, rollout.step),
+        (RolloutPhase::Canary, Some(0))
+    );
+    assert!(
+        rollout
+            .message
+            .unwrap_or_default()
+            .contains("waiting for it to be ready"),
+        "the rollout says it waits"
+    );
     ns.cleanup(&client).await
 }

@@ -185,10 +185,34 @@ async fn rollouts_under_constant_load_lose_no_request() -> anyhow::Result<()> {
     patch(
         &api,
         json!({"spec": {"rollout": {"canary": {"model": model("v3", &path), "weight": 0,
-            "steps": [{"weight": 30, "pauseSeconds": 0}, {"weight": 70, "pauseSeconds": 0}],
+            "steps": [{"weight": 30, "pauseSeconds": 10}, {"weight": 70, "pauseSeconds": 0}],
             "analysis": {"intervalSeconds": 5, "minRequests": 10, "maxErrorRatePercent": 1}}}}}),
     )
     .await?;
+    // An operator restart mid-rollout resumes the same step from status.
+    wait_for_split(&client, key, n, "v3", Some(30), WAIT).await?;
+    let before = api
+        .get(NAME)
+        .await?
+        .status
+        .and_then(|s| s.rollout)
+        .context("rollout")?;
+    ctl(&["stop", "operator"])?.check("stopping the operator")?;
+    ctl(&["start", "operator"])?.check("starting the operator")?;
+    let after = wait_for("the restarted operator's next status", WAIT, || async {
+        let r = api.get(NAME).await?.status.and_then(|s| s.rollout);
+        Ok(r.filter(|r| r.analysis != before.analysis || r.step != before.step))
+    })
+    .await?;
+    if after.step == before.step {
+        assert_eq!(after.since, before.since, "the step's clock was not reset");
+    } else {
+        assert_eq!(
+            after.step,
+            Some(1),
+            "the rollout went on to the next step, not back"
+        );
+    }
     let done = wait_for_phase(&api, RolloutPhase::Promoted).await?;
     assert!(done.contains("all 2 steps done"), "{done}");
     wait_for_split(&client, key, n, "v3", Some(100), WAIT).await?;

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use gogrid_crds::{GpuNode, InferenceDeployment};
-use gogrid_e2e::{TestNamespace, agent_nodes, client, pipelines_of, repo_root, wait_for};
+use gogrid_e2e::{
+    TestNamespace, agent_nodes, big_model, client, pipelines_of, repo_root, wait_for,
+};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
@@ -36,29 +38,6 @@ fn deployment(name: &str, path: &str, sha256: &str) -> anyhow::Result<InferenceD
                       "sha256": sha256, "source": {"path": path}},
         }
     }))?)
-}
-
-/// A BERT model directory whose safetensors file declares one 24 GB tensor
-/// and holds no data (a sparse file), with the real model's config beside it.
-fn big_model(real: &str) -> anyhow::Result<std::path::PathBuf> {
-    use std::io::Write as _;
-    let dir = std::env::temp_dir().join(format!("gogrid-e2e-big-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let config = std::path::Path::new(real)
-        .parent()
-        .context("model directory")?
-        .join("config.json");
-    std::fs::copy(&config, dir.join("config.json"))?;
-    let elements: u64 = 6_000_000_000;
-    let header = json!({"embeddings.word_embeddings.weight": {
-        "dtype": "F32", "shape": [elements], "data_offsets": [0, elements * 4]}})
-    .to_string();
-    let path = dir.join("model.safetensors");
-    let mut file = std::fs::File::create(&path)?;
-    file.write_all(&(header.len() as u64).to_le_bytes())?;
-    file.write_all(header.as_bytes())?;
-    file.set_len(8 + header.len() as u64 + elements * 4)?;
-    Ok(path)
 }
 
 fn reference() -> anyhow::Result<(Vec<String>, Vec<Vec<f64>>, String)> {

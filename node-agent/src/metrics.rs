@@ -34,6 +34,24 @@ pub struct OutcomeLabels {
     pub reason: String,
 }
 
+/// Labels naming one InferenceDeployment.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeploymentLabels {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub deployment: String,
+}
+
+/// How fast traffic splits take effect on this agent.
+#[derive(Clone, Debug)]
+pub struct SplitMetrics {
+    /// Seconds from a deployment change reaching the agent to its split routing.
+    pub apply: Histogram,
+    /// When each deployment's split last changed (Unix time, seconds).
+    pub applied_at: Family<DeploymentLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+}
+
 /// Every agent metric and its registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -53,9 +71,8 @@ pub struct Metrics {
     compute_max_percent: Gauge<i64, AtomicI64>,
     /// GpuNode status writes.
     pub gpunode_writes: Counter,
-    /// Seconds from a deployment change reaching the agent to its traffic
-    /// split routing requests.
-    pub split_apply: Histogram,
+    /// Traffic split timings.
+    pub split: SplitMetrics,
 }
 
 impl Default for Metrics {
@@ -118,6 +135,14 @@ impl Default for Metrics {
             Unit::Seconds,
             split_apply.clone(),
         );
+        let applied_at =
+            Family::<DeploymentLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register_with_unit(
+            "split_applied_timestamp",
+            "When each deployment's traffic split last changed on this agent (Unix time)",
+            Unit::Seconds,
+            applied_at.clone(),
+        );
         registry.register_with_unit(
             "gpu_memory_total",
             "Memory of each GPU",
@@ -161,7 +186,10 @@ impl Default for Metrics {
             vram_max_percent,
             compute_max_percent,
             gpunode_writes,
-            split_apply,
+            split: SplitMetrics {
+                apply: split_apply,
+                applied_at,
+            },
         }
     }
 }

@@ -212,7 +212,7 @@ pub async fn run(
 
     let manager = Manager::new(registry.clone(), ledger, admission, pipelines, placement)
         .with_stats_every(stats_every)
-        .with_split_timer(metrics.split_apply.clone());
+        .with_split_metrics(metrics.split.clone());
     let state = ServeState::new(registry, Limits::default());
     let http = tokio::net::TcpListener::bind(listen.http)
         .await

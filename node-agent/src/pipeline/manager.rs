@@ -25,6 +25,16 @@ use crate::gpu::Inventory;
 use crate::policy::ledger::{Device, Ledger, Reservation, Use};
 use crate::sync::deployments::{DeploymentKey, Desired};
 
+/// `PipelineStatus.reason` of a version the node's budget cannot hold.
+pub const REASON_VRAM: &str = "InsufficientVram";
+/// `PipelineStatus.reason` of a deployment whose model name another serves here.
+pub const REASON_NAME_TAKEN: &str = "ModelNameTaken";
+/// `PipelineStatus.reason` of any other failed load.
+pub const REASON_LOAD: &str = "LoadFailed";
+
+/// A failed load: its [`PipelineStatus::reason`] and the message.
+type LoadFailure = (&'static str, String);
+
 /// How often failed loads are tried again.
 const RETRY: std::time::Duration = std::time::Duration::from_secs(15);
 
@@ -52,8 +62,8 @@ pub struct Manager {
     status: watch::Sender<Vec<PipelineStatus>>,
     inventory: Arc<dyn Inventory>,
     stats_every: std::time::Duration,
-    /// Time from a change of the wanted deployments to its split routing.
-    split_apply: Option<prometheus_client::metrics::histogram::Histogram>,
+    /// How fast splits take effect.
+    split_metrics: Option<crate::metrics::SplitMetrics>,
 }
 
 /// The devices a load is offered: ledger devices (none: the CPU, unaccounted)
@@ -113,17 +123,14 @@ impl Manager {
             status,
             inventory,
             stats_every: STATS_EVERY,
-            split_apply: None,
+            split_metrics: None,
         }
     }
 
-    /// Observes in `histogram` the seconds from a change of the wanted
-    /// deployments to the new split routing requests.
-    pub fn with_split_timer(
-        mut self,
-        histogram: prometheus_client::metrics::histogram::Histogram,
-    ) -> Self {
-        self.split_apply = Some(histogram);
+    /// Records in `metrics` the seconds from a change of the wanted
+    /// deployments to the new split routing requests, and when it did.
+    pub fn with_split_metrics(mut self, metrics: crate::metrics::SplitMetrics) -> Self {
+        self.split_metrics = Some(metrics);
         self
     }
 
@@ -167,7 +174,7 @@ impl Manager {
 
     async fn reconcile(&mut self, wanted: &[Desired], seen: Instant) {
         // Load what is missing or changed, before unloading anything.
-        for d in wanted {
+        for d in wanted.iter().filter(|d| d.refused.is_none()) {
             for model in d.versions() {
                 let id = (d.key.clone(), model.version.clone());
                 let current = self.entries.get(&id);
@@ -178,14 +185,24 @@ impl Manager {
                 self.load(&d.key, model, d.spec.pipeline.as_ref()).await;
             }
             if self.route(&d.spec.model.name, &d.traffic)
-                && let Some(h) = &self.split_apply
+                && let Some(m) = &self.split_metrics
             {
-                h.observe(seen.elapsed().as_secs_f64());
+                m.apply.observe(seen.elapsed().as_secs_f64());
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64());
+                m.applied_at
+                    .get_or_create(&crate::metrics::DeploymentLabels {
+                        namespace: d.key.namespace.clone(),
+                        deployment: d.key.name.clone(),
+                    })
+                    .set(now);
             }
         }
         // Unload versions no longer wanted.
         let keep: Vec<(DeploymentKey, String)> = wanted
             .iter()
+            .filter(|d| d.refused.is_none())
             .flat_map(|d| {
                 d.versions()
                     .into_iter()
@@ -205,7 +222,11 @@ impl Manager {
                 tracing::info!(deployment = %id.0, version = %id.1, "unloaded");
             }
         }
-        let models: Vec<String> = wanted.iter().map(|d| d.spec.model.name.clone()).collect();
+        let models: Vec<String> = wanted
+            .iter()
+            .filter(|d| d.refused.is_none())
+            .map(|d| d.spec.model.name.clone())
+            .collect();
         self.splits.retain(|m, _| models.contains(m));
         self.publish(wanted);
     }
@@ -253,6 +274,7 @@ impl Manager {
                     .and_then(|()| self.registry.set_ready(name, &model.version, true));
                 if let Err(e) = added {
                     status.message = Some(format!("registering the model failed: {e}"));
+                    status.reason = Some(REASON_LOAD.to_owned());
                 } else {
                     status.ready = true;
                     status.vram_bytes = reservations.iter().map(|r| r.bytes() as i64).sum();
@@ -276,7 +298,7 @@ impl Manager {
                     },
                 );
             }
-            Err(message) => {
+            Err((reason, message)) => {
                 tracing::warn!(deployment = %key, version = %model.version, %message, "model not loaded");
                 match self.entries.get_mut(&id) {
                     // A new spec for a version that serves: it keeps serving.
@@ -287,6 +309,7 @@ impl Manager {
                     }
                     _ => {
                         status.message = Some(message);
+                        status.reason = Some(reason.to_owned());
                         self.entries.insert(
                             id,
                             Entry {
@@ -305,10 +328,20 @@ impl Manager {
         &self,
         model: &ModelSpec,
         pipeline: Option<&PipelineSpec>,
-    ) -> Result<(ModelBackend, Vec<Reservation>), String> {
-        let offer = self.offer(pipeline)?;
-        let spec = load_spec(model, &offer)?;
-        let planned = gogrid_pipeline::plan_load(&spec).map_err(|e| e.to_string())?;
+    ) -> Result<(ModelBackend, Vec<Reservation>), LoadFailure> {
+        let failed = |m: String| (REASON_LOAD, m);
+        let offer = self.offer(pipeline).map_err(failed)?;
+        let spec = load_spec(model, &offer).map_err(failed)?;
+        let planned = gogrid_pipeline::plan_load(&spec).map_err(|e| {
+            let reason = match &e {
+                gogrid_pipeline::LoadError::Plan(
+                    gogrid_pipeline::PlanError::DoesNotFit { .. }
+                    | gogrid_pipeline::PlanError::StageDoesNotFit { .. },
+                ) => REASON_VRAM,
+                _ => REASON_LOAD,
+            };
+            (reason, e.to_string())
+        })?;
         // Every stage's weights are reserved before anything is read; a
         // refusal drops the reservations already taken.
         let mut reservations = Vec::with_capacity(planned.len());
@@ -322,21 +355,24 @@ impl Manager {
             if let Some(free) = self.driver_free_bytes(device)
                 && free < stage.bytes
             {
-                return Err(format!(
-                    "refused: the CUDA driver reports {free} bytes free on {}, the stage of layers {}..={} needs {}",
-                    stage.device, stage.first_layer, stage.last_layer, stage.bytes
+                return Err((
+                    REASON_VRAM,
+                    format!(
+                        "refused: the CUDA driver reports {free} bytes free on {}, the stage of layers {}..={} needs {}",
+                        stage.device, stage.first_layer, stage.last_layer, stage.bytes
+                    ),
                 ));
             }
             reservations.push(
                 self.ledger
                     .try_reserve(device, stage.bytes, Use::Weights)
-                    .map_err(|e| format!("refused: {e}"))?,
+                    .map_err(|e| (REASON_VRAM, format!("refused: {e}")))?,
             );
         }
         let loaded = tokio::task::spawn_blocking(move || gogrid_pipeline::load(&spec))
             .await
-            .map_err(|e| format!("the load task failed: {e}"))?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| failed(format!("the load task failed: {e}")))?
+            .map_err(|e| failed(e.to_string()))?;
         Ok((ModelBackend::new(loaded), reservations))
     }
 
@@ -454,13 +490,31 @@ impl Manager {
     }
 
     fn publish(&self, wanted: &[Desired]) {
+        let refused = wanted.iter().filter_map(|d| {
+            Some(PipelineStatus {
+                namespace: d.key.namespace.clone(),
+                deployment: d.key.name.clone(),
+                version: d.spec.model.version.clone(),
+                message: Some(d.refused.clone()?),
+                reason: Some(REASON_NAME_TAKEN.to_owned()),
+                ..PipelineStatus::default()
+            })
+        });
         let pipelines: Vec<PipelineStatus> = self
             .entries
             .iter()
             .map(|((key, version), e)| {
                 let mut s = e.status.clone();
+                // The weight really routed here: a version that is not ready
+                // on this node gets none, whatever the split says.
                 let traffic = wanted.iter().find(|d| &d.key == key).map(|d| &d.traffic);
-                s.weight = traffic.map_or(0, |t| WeightedSplit::weight_of(t, version));
+                let ready: Vec<&str> = self
+                    .entries
+                    .iter()
+                    .filter(|((k, _), e)| k == key && e.status.ready)
+                    .map(|((_, v), _)| v.as_str())
+                    .collect();
+                s.weight = traffic.map_or(0, |t| WeightedSplit::routed_weight(t, version, &ready));
                 if let Some(st) = self
                     .registry
                     .metrics()
@@ -484,6 +538,7 @@ impl Manager {
                 }
                 s
             })
+            .chain(refused)
             .collect();
         self.status.send_if_modified(|current| {
             if *current == pipelines {

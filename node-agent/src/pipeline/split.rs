@@ -35,6 +35,25 @@ impl WeightedSplit {
         false
     }
 
+    /// The percentage of unversioned requests `version` really gets under
+    /// `traffic` when only the versions in `ready` serve (what
+    /// [`VersionSelector::select`] does: a version that is not ready gets
+    /// nothing, and the other ready one takes its share).
+    pub fn routed_weight(traffic: &TrafficSplit, version: &str, ready: &[&str]) -> i32 {
+        let is_ready = |v: &str| ready.contains(&v);
+        let stable = is_ready(&traffic.stable_version);
+        let canary = traffic.canary_version.as_deref().is_some_and(is_ready);
+        let weight = traffic.canary_weight.clamp(0, 100);
+        let is_canary = traffic.canary_version.as_deref() == Some(version);
+        let is_stable = traffic.stable_version == version;
+        match (stable, canary) {
+            (true, true) => Self::weight_of(traffic, version),
+            (true, false) if is_stable => 100,
+            (false, true) if is_canary && weight > 0 => 100,
+            _ => 0,
+        }
+    }
+
     /// The percentage of unversioned requests `version` gets under `traffic`.
     pub fn weight_of(traffic: &TrafficSplit, version: &str) -> i32 {
         let canary = traffic.canary_weight.clamp(0, 100);
@@ -100,6 +119,22 @@ mod tests {
                 let canary = window.iter().filter(|&&i| i == 1).count();
                 prop_assert_eq!(canary, weight as usize);
                 prop_assert!(window.iter().all(|&i| i != 2), "the preview gets no unversioned request");
+            }
+        }
+
+        /// The weight the agent reports is the share it routes, whichever
+        /// versions are ready.
+        #[test]
+        fn the_reported_weight_is_the_share_really_routed(weight in 0i32..=100, mask in 0usize..8, start in 0u64..10_000) {
+            let s = split(weight);
+            s.counter.store(start, Ordering::Relaxed);
+            let ready: Vec<&str> = ["v1", "v2", "v3"].into_iter().enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0).map(|(_, v)| v).collect();
+            let picks: Vec<Option<usize>> = (0..100).map(|_| s.select("m", &ready)).collect();
+            let traffic = s.traffic.read().expect("lock").clone().expect("set");
+            for (i, v) in ready.iter().enumerate() {
+                let routed = picks.iter().filter(|p| **p == Some(i)).count();
+                prop_assert_eq!(routed as i32, WeightedSplit::routed_weight(&traffic, v, &ready), "{} of {:?}", v, ready);
             }
         }
     }

@@ -37,6 +37,10 @@ pub struct Desired {
     pub spec: InferenceDeploymentSpec,
     /// The split to route by.
     pub traffic: TrafficSplit,
+    /// Why this node does not serve it (another deployment placed here
+    /// already serves its model name): nothing is loaded, the reason is
+    /// reported.
+    pub refused: Option<String>,
 }
 
 impl Desired {
@@ -44,7 +48,12 @@ impl Desired {
     /// wrote a split): the split the spec asks for.
     pub fn from_spec(key: DeploymentKey, spec: InferenceDeploymentSpec) -> Self {
         let (traffic, _) = spec_traffic(&spec);
-        Self { key, spec, traffic }
+        Self {
+            key,
+            spec,
+            traffic,
+            refused: None,
+        }
     }
 
     /// Every model version the split needs loaded, stable first.
@@ -75,9 +84,13 @@ impl Desired {
     }
 }
 
-/// The deployments placed on `node`, by key.
+/// The deployments placed on `node`, by key. A model name names the REST
+/// and gRPC paths, so one agent serves it for one deployment: the oldest
+/// (then the first by namespace and name); the others are refused with the
+/// reason.
 pub fn placed_on(node: &str, all: &[InferenceDeployment]) -> Vec<Desired> {
     let mut out: BTreeMap<DeploymentKey, Desired> = BTreeMap::new();
+    let mut age: BTreeMap<DeploymentKey, Option<jiff::Timestamp>> = BTreeMap::new();
     for infd in all {
         let Some(status) = infd.status.as_ref() else {
             continue;
@@ -93,7 +106,34 @@ pub fn placed_on(node: &str, all: &[InferenceDeployment]) -> Vec<Desired> {
         if let Some(traffic) = status.traffic.clone() {
             desired.traffic = traffic;
         }
+        age.insert(
+            key.clone(),
+            infd.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        );
         out.insert(key, desired);
+    }
+    let mut order: Vec<&DeploymentKey> = out.keys().collect();
+    order.sort_by_key(|k| (age.get(*k).copied().flatten(), *k));
+    let mut owners: BTreeMap<String, DeploymentKey> = BTreeMap::new();
+    let mut refused = Vec::new();
+    for key in order {
+        let model = out[key].spec.model.name.clone();
+        match owners.get(&model) {
+            Some(owner) => refused.push((
+                key.clone(),
+                format!(
+                    "model name {model:?} is already served on this node by {owner}: an agent serves one deployment per model name (it names the REST and gRPC paths)"
+                ),
+            )),
+            None => {
+                owners.insert(model, key.clone());
+            }
+        }
+    }
+    for (key, why) in refused {
+        if let Some(d) = out.get_mut(&key) {
+            d.refused = Some(why);
+        }
     }
     out.into_values().collect()
 }
@@ -183,6 +223,36 @@ mod tests {
             .collect();
         assert_eq!(names, ["a"]);
         assert_eq!(placed_on("n3", &all), []);
+    }
+
+    #[test]
+    fn a_model_name_is_served_for_the_oldest_deployment_and_refused_for_the_others() {
+        let at = |s: i64| {
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::from_second(1_800_000_000 + s).expect("time"),
+            ))
+        };
+        let mut old = infd("m", &["n1"], None);
+        old.metadata.namespace = Some("zeta".into());
+        old.metadata.creation_timestamp = at(0);
+        let mut new = infd("m", &["n1"], None);
+        new.metadata.creation_timestamp = at(60);
+        let desired = placed_on("n1", &[new, old]);
+        let refused: Vec<(String, Option<String>)> = desired
+            .iter()
+            .map(|d| (d.key.to_string(), d.refused.clone()))
+            .collect();
+        assert_eq!(
+            refused[1],
+            ("zeta/m".to_owned(), None),
+            "the older one serves"
+        );
+        assert_eq!(refused[0].0, "ml/m");
+        let why = refused[0].1.clone().expect("refused");
+        assert!(
+            why.contains("model name \"m\" is already served on this node by zeta/m"),
+            "{why}"
+        );
     }
 
     #[test]

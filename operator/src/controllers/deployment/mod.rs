@@ -99,14 +99,18 @@ pub async fn run(
                 })
             },
         )
-        .with_config(
-            kube::runtime::controller::Config::default().debounce(Duration::from_millis(200)),
-        )
+        // A short debounce folds a burst of GpuNode writes (every agent
+        // reporting a new split at once) into one reconcile, without adding
+        // much to the time an edit takes to reach the agents.
+        .with_config(kube::runtime::controller::Config::default().debounce(DEBOUNCE))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, Arc::new(ctx))
         .for_each(|_| futures::future::ready(()))
         .await;
 }
+
+/// How long the controller waits for more events before reconciling.
+const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// Bring placement, children and status in line with the spec.
 pub async fn reconcile(infd: Arc<InferenceDeployment>, ctx: Arc<Context>) -> Result<Action> {
@@ -205,7 +209,7 @@ fn pipeline_failures(
     infd: &InferenceDeployment,
     placement: &[gogrid_crds::inference_deployment::NodePlacement],
     gpunodes: &[Arc<GpuNode>],
-) -> Vec<(String, String)> {
+) -> Vec<status::Failure> {
     let ns = infd.namespace().unwrap_or_default();
     let name = infd.name_any();
     placement
@@ -215,14 +219,12 @@ fn pipeline_failures(
             let failed = g.status.as_ref()?.pipelines.iter().find(|pl| {
                 pl.namespace == ns && pl.deployment == name && !pl.ready && pl.message.is_some()
             })?;
-            Some((
-                p.node.clone(),
-                format!(
-                    "{}: {}",
-                    failed.version,
-                    failed.message.clone().unwrap_or_default()
-                ),
-            ))
+            Some(status::Failure {
+                node: p.node.clone(),
+                version: failed.version.clone(),
+                reason: failed.reason.clone(),
+                message: failed.message.clone().unwrap_or_default(),
+            })
         })
         .collect()
 }

@@ -28,8 +28,22 @@ pub struct Observed {
     pub rollout: RolloutStatus,
     /// Placed nodes whose agent reports the stable version ready.
     pub ready: i32,
-    /// Pipelines an agent reports as failed: (node, message).
-    pub failures: Vec<(String, String)>,
+    /// Pipelines agents report as failed.
+    pub failures: Vec<Failure>,
+}
+
+/// A pipeline an agent reports as failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// The node.
+    pub node: String,
+    /// The version.
+    pub version: String,
+    /// The agent's one-word reason (`InsufficientVram`, `ModelNameTaken`,
+    /// `LoadFailed`), if it gave one.
+    pub reason: Option<String>,
+    /// The agent's message.
+    pub message: String,
 }
 
 fn count(n: usize) -> i32 {
@@ -55,17 +69,32 @@ pub fn desired(
         )
     } else if let Some(s) = &o.placement.shortfall {
         Desired::yes(conditions::DEGRADED, "InsufficientCapacity", s.message())
-    } else if let Some((node, message)) = o.failures.first() {
+    } else if let Some(Failure {
+        node,
+        version,
+        reason,
+        message,
+    }) = o.failures.first()
+    {
         let more = if o.failures.len() > 1 {
             format!(" (and {} more nodes)", o.failures.len() - 1)
         } else {
             String::new()
         };
-        Desired::yes(
-            conditions::DEGRADED,
-            "PipelineFailed",
-            format!("node {node}: {message}{more}"),
-        )
+        let stable = &infd.spec.model.version;
+        let reason = reason
+            .as_deref()
+            .filter(|r| matches!(*r, "InsufficientVram" | "ModelNameTaken"))
+            .unwrap_or("PipelineFailed");
+        let message = if reason == "InsufficientVram" && version != stable {
+            // A rollout that does not fit next to the version serving waits.
+            format!(
+                "node {node} cannot hold {version} next to {stable}: {message}; the rollout waits: {version} gets no traffic there, and steps and automatic promotion hold{more}"
+            )
+        } else {
+            format!("node {node}: {version}: {message}{more}")
+        };
+        Desired::yes(conditions::DEGRADED, reason, message)
     } else {
         Desired::no(conditions::DEGRADED, "AsExpected", "no problem found")
     };
@@ -260,7 +289,12 @@ mod tests {
         let s = desired(&deployment("chat"), &o, jiff::Timestamp::UNIX_EPOCH);
         assert_eq!(cond(&s, "Degraded"), ("True", "ProfileNotFound"));
         let mut o = observed(&["a"], 0);
-        o.failures = vec![("a".into(), "sha256 mismatch".into())];
+        o.failures = vec![Failure {
+            node: "a".into(),
+            version: "v1".into(),
+            reason: Some("LoadFailed".into()),
+            message: "sha256 mismatch".into(),
+        }];
         let s = desired(&deployment("chat"), &o, jiff::Timestamp::UNIX_EPOCH);
         assert_eq!(cond(&s, "Degraded"), ("True", "PipelineFailed"));
         assert!(
@@ -270,6 +304,29 @@ mod tests {
                 .contains("sha256 mismatch")
         );
         assert_eq!(cond(&s, "Progressing"), ("True", "Loading"));
+    }
+
+    #[test]
+    fn a_new_version_that_does_not_fit_next_to_the_old_one_says_the_rollout_waits() {
+        let mut o = observed(&["a", "b"], 2);
+        o.failures = vec![Failure {
+            node: "b".into(),
+            version: "v2".into(),
+            reason: Some("InsufficientVram".into()),
+            message: "refused: gpu0: needs 20.0Gi for weights, budget 21.6Gi of which 4.0Gi in use"
+                .into(),
+        }];
+        let s = desired(&deployment("chat"), &o, jiff::Timestamp::UNIX_EPOCH);
+        assert_eq!(cond(&s, "Degraded"), ("True", "InsufficientVram"));
+        let message = conditions::find(&s.conditions, "Degraded")
+            .expect("c")
+            .message
+            .clone();
+        assert!(
+            message.starts_with("node b cannot hold v2 next to v1: refused: gpu0: needs 20.0Gi"),
+            "{message}"
+        );
+        assert!(message.contains("the rollout waits"), "{message}");
     }
 
     #[test]
