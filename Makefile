@@ -54,13 +54,15 @@ bench-propagation: ## Weight edit to every agent at 1, 10 and 100 nodes of the l
 	hack/bench-propagation.sh
 
 .PHONY: chart
-chart: ## helm lint, helm-unittest suites and the install.yaml drift check
+chart: ## helm lint, helm-unittest suites, the install.yaml drift check and promtool on the alerts and dashboard
 	@echo "==> helm lint charts/gogrid"
 	"$(HELM)" lint --strict --kube-version 1.34.0 charts/gogrid
 	@echo "==> helm-unittest charts/gogrid"
 	"$(HELM_UNITTEST)" charts/gogrid
 	@echo "==> manifests/install.yaml is rendered from the chart"
 	hack/render-manifests.sh --check
+	@echo "==> promtool check rules: the PrometheusRule's alerts and the dashboard's queries"
+	hack/check-monitoring.sh
 
 .PHONY: e2e
 e2e: ## End-to-end tests against the local real control plane (see e2e/README.md)

@@ -318,3 +318,46 @@ pub fn big_model(real: &str) -> anyhow::Result<std::path::PathBuf> {
     file.set_len(8 + header.len() as u64 + elements * 4)?;
     Ok(path)
 }
+
+/// Checks the metrics at `url` (the classic text format curl is given)
+/// with `promtool check metrics`: exposition format and Prometheus' naming
+/// conventions.
+pub fn promtool_check_metrics(url: &str) -> anyhow::Result<()> {
+    let scraped = Command::new("curl")
+        .args(["-sSf", "--max-time", "10", url])
+        .output()
+        .context("running curl")?;
+    anyhow::ensure!(
+        scraped.status.success(),
+        "{url}: {}",
+        String::from_utf8_lossy(&scraped.stderr)
+    );
+    anyhow::ensure!(!scraped.stdout.is_empty(), "{url}: empty answer");
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running promtool (Debian package prometheus)")?;
+    {
+        use std::io::Write as _;
+        let mut stdin = promtool.stdin.take().context("promtool stdin")?;
+        stdin.write_all(&scraped.stdout)?;
+    }
+    let out = promtool.wait_with_output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "promtool check metrics on {url}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// The operator's /metrics: `GOGRID_E2E_OPERATOR_METRICS`, else where the
+/// local harness runs it (e2e/cluster/lib.sh: GG_OPERATOR_HTTP).
+pub fn operator_metrics_url() -> String {
+    std::env::var("GOGRID_E2E_OPERATOR_METRICS")
+        .unwrap_or_else(|_| "http://10.244.0.1:8080/metrics".to_owned())
+}

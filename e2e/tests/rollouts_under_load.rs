@@ -9,11 +9,12 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use gogrid_crds::InferenceDeployment;
 use gogrid_crds::inference_deployment::RolloutPhase;
+use gogrid_crds::{GpuNode, InferenceDeployment};
 use gogrid_e2e::load::{Load, Sample, count};
 use gogrid_e2e::{
-    TestNamespace, agent_nodes, client, ctl, is_local_harness, wait_for, wait_for_split,
+    TestNamespace, agent_nodes, client, ctl, is_local_harness, operator_metrics_url,
+    promtool_check_metrics, wait_for, wait_for_split,
 };
 use k8s_openapi::api::core::v1::Event;
 use kube::Api;
@@ -323,5 +324,15 @@ async fn rollouts_under_constant_load_lose_no_request() -> anyhow::Result<()> {
         "requests failed: {:?}",
         &failed[..failed.len().min(5)]
     );
+
+    // Every /metrics after all that (serving, rollout, analysis series) is
+    // well formed and follows Prometheus' conventions.
+    let gpunodes: Api<GpuNode> = Api::all(client.clone());
+    for g in gpunodes.list(&ListParams::default()).await?.items {
+        if let Some(a) = g.status.and_then(|s| s.agent) {
+            promtool_check_metrics(&format!("http://{}:{}/metrics", a.pod_ip, a.metrics_port))?;
+        }
+    }
+    promtool_check_metrics(&operator_metrics_url())?;
     ns.cleanup(&client).await
 }

@@ -34,6 +34,24 @@ pub struct OutcomeLabels {
     pub reason: String,
 }
 
+/// Labels of a why.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// One word.
+    pub reason: String,
+}
+
+/// Labels naming one version of an InferenceDeployment.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub deployment: String,
+    /// The model version.
+    pub version: String,
+}
+
 /// Labels naming one InferenceDeployment.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeploymentLabels {
@@ -58,17 +76,19 @@ pub struct Metrics {
     registry: Registry,
     /// The serving layer's metrics (requests, latency, batches, queue depth).
     pub serving: gogrid_serve::Metrics,
-    admissions: Family<OutcomeLabels, Gauge<i64, AtomicI64>>,
-    wait_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
-    busy_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    admissions: Family<OutcomeLabels, Counter>,
+    wait_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    busy_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     duty_cap: Gauge<f64, std::sync::atomic::AtomicU64>,
     vram_used: Family<GpuLabels, Gauge<i64, AtomicI64>>,
-    utilization: Family<GpuLabels, Gauge<i64, AtomicI64>>,
+    utilization: Family<GpuLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     memory_total: Family<GpuLabels, Gauge<i64, AtomicI64>>,
     budget: Family<GpuLabels, Gauge<i64, AtomicI64>>,
     policy: Family<PolicyLabels, Gauge<i64, AtomicI64>>,
-    vram_max_percent: Gauge<i64, AtomicI64>,
-    compute_max_percent: Gauge<i64, AtomicI64>,
+    vram_max_percent: Gauge<f64, std::sync::atomic::AtomicU64>,
+    compute_max_percent: Gauge<f64, std::sync::atomic::AtomicU64>,
+    not_ready: Family<ReasonLabels, Gauge<i64, AtomicI64>>,
+    traffic_weight: Family<VersionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// GpuNode status writes.
     pub gpunode_writes: Counter,
     /// Traffic split timings.
@@ -80,28 +100,28 @@ impl Default for Metrics {
         let mut root = Registry::default();
         let serving = gogrid_serve::Metrics::new(&mut root);
         let registry = root.sub_registry_with_prefix("gogrid_agent");
-        let admissions = Family::<OutcomeLabels, Gauge<i64, AtomicI64>>::default();
-        let wait_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
-        let busy_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let admissions = Family::<OutcomeLabels, Counter>::default();
+        let wait_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        let busy_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
         let duty_cap = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         let vram_used = Family::<GpuLabels, Gauge<i64, AtomicI64>>::default();
-        let utilization = Family::<GpuLabels, Gauge<i64, AtomicI64>>::default();
+        let utilization = Family::<GpuLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         // Cumulative figures read from the gate's atomic counters: exposed as
-        // counters (`_total`), set from the source of truth on each scrape.
+        // counters (`_total`), set from that source of truth.
         registry.register(
             "admissions",
-            "Batches through the throttle gate by outcome and reason (cumulative)",
+            "Batches through the throttle gate by outcome (admitted, throttled, refused) and reason",
             admissions.clone(),
         );
         registry.register_with_unit(
             "throttle_wait",
-            "Time batches spent waiting at the throttle gate (cumulative)",
+            "Time batches spent waiting at the throttle gate",
             Unit::Seconds,
             wait_seconds.clone(),
         );
         registry.register_with_unit(
             "device_busy",
-            "Time the device was busy running batches (cumulative)",
+            "Time the device was busy running batches",
             Unit::Seconds,
             busy_seconds.clone(),
         );
@@ -118,14 +138,14 @@ impl Default for Metrics {
         );
         registry.register(
             "gpu_utilization_ratio",
-            "GPU utilisation as NVML reports it, in percent",
+            "GPU utilisation as NVML reports it (0-1)",
             utilization.clone(),
         );
         let memory_total = Family::<GpuLabels, Gauge<i64, AtomicI64>>::default();
         let budget = Family::<GpuLabels, Gauge<i64, AtomicI64>>::default();
         let policy = Family::<PolicyLabels, Gauge<i64, AtomicI64>>::default();
-        let vram_max_percent = Gauge::<i64, AtomicI64>::default();
-        let compute_max_percent = Gauge::<i64, AtomicI64>::default();
+        let vram_max_percent = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let compute_max_percent = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         let gpunode_writes = Counter::default();
         // 50 µs .. 1.6 s
         let split_apply = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
@@ -155,16 +175,33 @@ impl Default for Metrics {
             Unit::Bytes,
             budget.clone(),
         );
-        registry.register("policy_preset", "1 for the preset in force", policy.clone());
         registry.register(
-            "policy_vram_max_percent",
-            "VRAM cap in force, in percent",
+            "policy_info",
+            "The preset in force (value 1)",
+            policy.clone(),
+        );
+        registry.register(
+            "policy_vram_max_ratio",
+            "VRAM cap in force, as a share of each GPU (0-1)",
             vram_max_percent.clone(),
         );
         registry.register(
-            "policy_compute_max_percent",
-            "Compute duty-cycle cap in force, in percent",
+            "policy_compute_max_ratio",
+            "Compute duty-cycle cap in force (0-1)",
             compute_max_percent.clone(),
+        );
+        let not_ready = Family::<ReasonLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "pipelines_not_ready",
+            "Model versions placed here that do not serve, by reason (InsufficientVram, ModelNameTaken, LoadFailed, Loading)",
+            not_ready.clone(),
+        );
+        let traffic_weight =
+            Family::<VersionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "traffic_weight_ratio",
+            "Share of a deployment's unversioned requests this agent routes to each version (0-1)",
+            traffic_weight.clone(),
         );
         registry.register(
             "gpunode_writes",
@@ -185,6 +222,8 @@ impl Default for Metrics {
             policy,
             vram_max_percent,
             compute_max_percent,
+            not_ready,
+            traffic_weight,
             gpunode_writes,
             split: SplitMetrics {
                 apply: split_apply,
@@ -202,7 +241,7 @@ impl Metrics {
                 .get_or_create(&GpuLabels {
                     gpu: g.index.to_string(),
                 })
-                .set(i64::from(g.utilization_percent));
+                .set(f64::from(g.utilization_percent) / 100.0);
             self.memory_total
                 .get_or_create(&GpuLabels {
                     gpu: g.index.to_string(),
@@ -222,9 +261,26 @@ impl Metrics {
                     preset: p.preset_in_force.as_str().to_owned(),
                 })
                 .set(1);
-            self.vram_max_percent.set(i64::from(p.vram_max_percent));
+            self.vram_max_percent
+                .set(f64::from(p.vram_max_percent) / 100.0);
             self.compute_max_percent
-                .set(i64::from(p.compute_max_percent));
+                .set(f64::from(p.compute_max_percent) / 100.0);
+        }
+        self.not_ready.clear();
+        self.traffic_weight.clear();
+        for p in &status.pipelines {
+            if p.ready {
+                self.traffic_weight
+                    .get_or_create(&VersionLabels {
+                        namespace: p.namespace.clone(),
+                        deployment: p.deployment.clone(),
+                        version: p.version.clone(),
+                    })
+                    .set(f64::from(p.weight) / 100.0);
+            } else {
+                let reason = p.reason.clone().unwrap_or_else(|| "Loading".to_owned());
+                self.not_ready.get_or_create(&ReasonLabels { reason }).inc();
+            }
         }
     }
 
@@ -241,7 +297,8 @@ impl Metrics {
                     outcome: outcome.into(),
                     reason: reason.into(),
                 })
-                .set(i64::try_from(v).unwrap_or(i64::MAX));
+                .inner()
+                .store(v, std::sync::atomic::Ordering::Relaxed);
         };
         set("admitted", "", st.admitted);
         set("throttled", "interval", st.throttled_interval);
@@ -250,8 +307,14 @@ impl Metrics {
         set("refused", "batch_too_large", st.refused_batch_too_large);
         set("refused", "empty", st.refused_empty);
         set("refused", "deadline", st.refused_deadline);
-        self.wait_seconds.set(st.waited_ns as f64 / 1e9);
-        self.busy_seconds.set(st.busy_ns as f64 / 1e9);
+        let seconds = |c: &Counter<f64, std::sync::atomic::AtomicU64>, ns: u64| {
+            c.inner().store(
+                (ns as f64 / 1e9).to_bits(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        };
+        seconds(&self.wait_seconds, st.waited_ns);
+        seconds(&self.busy_seconds, st.busy_ns);
         self.duty_cap.set(gate.effective_cap());
         for u in ledger.snapshot() {
             let gpu = match u.device {
@@ -315,25 +378,25 @@ mod tests {
         assert_eq!(
             sample(
                 &text,
-                r#"gogrid_agent_admissions{outcome="admitted",reason=""}"#
+                r#"gogrid_agent_admissions_total{outcome="admitted",reason=""}"#
             ),
             f64::from(admitted)
         );
         let throttled = sample(
             &text,
-            r#"gogrid_agent_admissions{outcome="throttled",reason="interval"}"#,
+            r#"gogrid_agent_admissions_total{outcome="throttled",reason="interval"}"#,
         ) + sample(
             &text,
-            r#"gogrid_agent_admissions{outcome="throttled",reason="duty_cycle"}"#,
+            r#"gogrid_agent_admissions_total{outcome="throttled",reason="duty_cycle"}"#,
         ) + sample(
             &text,
-            r#"gogrid_agent_admissions{outcome="throttled",reason="busy"}"#,
+            r#"gogrid_agent_admissions_total{outcome="throttled",reason="busy"}"#,
         );
         assert_eq!(throttled, f64::from(waits));
         assert_eq!(
             sample(
                 &text,
-                r#"gogrid_agent_admissions{outcome="refused",reason="batch_too_large"}"#
+                r#"gogrid_agent_admissions_total{outcome="refused",reason="batch_too_large"}"#
             ),
             1.0
         );

@@ -56,14 +56,62 @@ pub async fn serve(addr: SocketAddr, router: Router, shutdown: Shutdown) -> anyh
         .with_context(|| format!("http server on {addr}"))
 }
 
-async fn metrics(State(p): State<Probes>) -> impl IntoResponse {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        (p.encode)(),
-    )
+/// OpenMetrics to whoever asks for it (Prometheus does), the classic text
+/// format (0.0.4) to everyone else: curl, `promtool check metrics`, older
+/// scrapers. The Go client negotiates the same way.
+async fn metrics(State(p): State<Probes>, headers: axum::http::HeaderMap) -> impl IntoResponse {
+    let openmetrics = headers
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let text = (p.encode)();
+    if openmetrics {
+        (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+    } else {
+        (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            to_text_format(&text),
+        )
+    }
+}
+
+/// The classic Prometheus text format of an OpenMetrics exposition: counter
+/// families are named with their `_total` suffix, and `# UNIT` and `# EOF`
+/// lines, which it does not have, are dropped.
+pub fn to_text_format(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 async fn readyz(State(p): State<Probes>) -> impl IntoResponse {
@@ -71,5 +119,19 @@ async fn readyz(State(p): State<Probes>) -> impl IntoResponse {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_get_their_total_name_and_openmetrics_lines_go() {
+        let om = "# HELP jobs Jobs run.\n# TYPE jobs counter\njobs_total{a=\"b\"} 3\n# HELP wait Time waited.\n# TYPE wait gauge\n# UNIT wait seconds\nwait_seconds 0.5\n# EOF\n";
+        assert_eq!(
+            to_text_format(om),
+            "# HELP jobs_total Jobs run.\n# TYPE jobs_total counter\njobs_total{a=\"b\"} 3\n# HELP wait Time waited.\n# TYPE wait gauge\nwait_seconds 0.5\n"
+        );
     }
 }

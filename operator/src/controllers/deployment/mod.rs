@@ -198,6 +198,16 @@ pub async fn reconcile(infd: Arc<InferenceDeployment>, ctx: Arc<Context>) -> Res
     if status::write(&ctx, &infd, &status).await? {
         announce(&ctx, &reference, &before, &status).await;
     }
+    ctx.metrics
+        .observe_rollout(&ns, &name, before.rollout.as_ref(), &status);
+    let existing: std::collections::BTreeSet<crate::metrics::DeploymentLabels> = deployments
+        .iter()
+        .map(|d| crate::metrics::DeploymentLabels {
+            namespace: d.namespace().unwrap_or_default(),
+            name: d.name_any(),
+        })
+        .collect();
+    ctx.metrics.forget_deployments_except(&existing);
     ctx.reset_backoff(&format!("infd/{ns}/{name}"));
     // A step that ends or a switch that falls due is looked at on time.
     Ok(Action::requeue(
