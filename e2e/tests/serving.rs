@@ -260,7 +260,8 @@ async fn a_real_model_serves_correct_embeddings_from_every_ready_agent() -> anyh
     .await?;
     for m in &messages {
         assert!(
-            m.contains("model needs 22.4Gi, devices offer gpu") && m.ends_with("Gi"),
+            m.contains("refused: model needs 22.4Gi, devices offer gpu")
+                && m.ends_with("Gi (the room left in the VRAM budget)"),
             "the refusal names the need, the GPU and its budget: {m}"
         );
     }

@@ -333,14 +333,17 @@ impl Manager {
         let offer = self.offer(pipeline).map_err(failed)?;
         let spec = load_spec(model, &offer).map_err(failed)?;
         let planned = gogrid_pipeline::plan_load(&spec).map_err(|e| {
-            let reason = match &e {
+            match &e {
+                // What the devices offer is the room their VRAM budgets leave.
                 gogrid_pipeline::LoadError::Plan(
                     gogrid_pipeline::PlanError::DoesNotFit { .. }
                     | gogrid_pipeline::PlanError::StageDoesNotFit { .. },
-                ) => REASON_VRAM,
-                _ => REASON_LOAD,
-            };
-            (reason, e.to_string())
+                ) => (
+                    REASON_VRAM,
+                    format!("refused: {e} (the room left in the VRAM budget)"),
+                ),
+                _ => (REASON_LOAD, e.to_string()),
+            }
         })?;
         // Every stage's weights are reserved before anything is read; a
         // refusal drops the reservations already taken.
