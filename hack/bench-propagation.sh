@@ -33,7 +33,9 @@ chmod -R a+rX "$model_dir"
 for n in $sizes; do
   log "$n node(s): cluster up"
   e2e/cluster/down.sh >/dev/null 2>&1 || true
-  GOGRID_NODES=$n GOGRID_SKIP_INSTALL=1 e2e/cluster/up.sh >&2
+  # The API server's watch cache on, as in any real control plane (the e2e
+  # tests run without it because they restart the API server).
+  GOGRID_NODES=$n GOGRID_SKIP_INSTALL=1 GOGRID_APISERVER_WATCH_CACHE=true e2e/cluster/up.sh >&2
   GOGRID_SKIP_CARGO=1 e2e/cluster/install.sh >&2
   for node in $(e2e/bin/kubectl get nodes -o name); do
     e2e/bin/kubectl label --overwrite "$node" gogrid.io/preset=default >/dev/null

@@ -143,6 +143,10 @@ GG_WAIT_LOG="$GG_LOGS/etcd.log" gg_wait "etcd http://127.0.0.1:$GG_ETCD_PORT/hea
 # no progress notifications to move it), so a client that watches again from
 # the resourceVersion it already saw gets "Too large resource version" for
 # minutes. Without the cache, watches are served from etcd itself.
+# GOGRID_APISERVER_WATCH_CACHE=true turns it back on where no API server
+# restarts (hack/bench-propagation.sh: a real control plane fans one write out
+# to many watchers from the cache, not from one etcd watch per watcher).
+watch_cache=${GOGRID_APISERVER_WATCH_CACHE:-false}
 if gg_alive kube-apiserver; then
   gg_log "   kube-apiserver already running (pid $(gg_pid kube-apiserver))"
 else
@@ -155,7 +159,7 @@ else
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$GG_PKI/sa.pub" --service-account-signing-key-file "$GG_PKI/sa.key" \
     --service-cluster-ip-range 10.96.0.0/16 --endpoint-reconciler-type none \
-    --feature-gates WatchList=false --watch-cache=false --profiling=false --v 1
+    --feature-gates WatchList=false --watch-cache="$watch_cache" --profiling=false --v 1
   gg_log "   kube-apiserver started (pid $(gg_pid kube-apiserver), log $GG_LOGS/kube-apiserver.log)"
 fi
 GG_WAIT_LOG="$GG_LOGS/kube-apiserver.log" gg_wait "kube-apiserver https://$GG_CP_IP:$GG_APISERVER_PORT/readyz" 180 \
