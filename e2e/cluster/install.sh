@@ -47,11 +47,14 @@ gg_kubectl wait --for condition=Established --timeout 60s \
   crd/servicemonitors.monitoring.coreos.com crd/prometheusrules.monitoring.coreos.com >/dev/null
 
 # --- 2. the chart -----------------------------------------------------------------------
-gg_log "   helm upgrade --install $GG_RELEASE $chart -n $GG_NAMESPACE ${GOGRID_HELM_ARGS:-}"
+# The monitoring objects on: the Prometheus Operator's CRDs are installed above,
+# and the e2e Prometheus test scrapes what the ServiceMonitors select.
+monitoring="--set metrics.serviceMonitor.enabled=true --set metrics.prometheusRule.enabled=true --set metrics.dashboards.enabled=true"
+gg_log "   helm upgrade --install $GG_RELEASE $chart -n $GG_NAMESPACE $monitoring ${GOGRID_HELM_ARGS:-}"
 helm_install() {
-  # shellcheck disable=SC2086 # GOGRID_HELM_ARGS is a word list on purpose
+  # shellcheck disable=SC2086 # $monitoring and GOGRID_HELM_ARGS are word lists on purpose
   gg_helm upgrade --install "$GG_RELEASE" "$chart" -n "$GG_NAMESPACE" --create-namespace \
-    --wait=false ${GOGRID_HELM_ARGS:-} >>"$GG_LOGS/helm-install.log" 2>&1
+    --wait=false $monitoring ${GOGRID_HELM_ARGS:-} >>"$GG_LOGS/helm-install.log" 2>&1
 }
 : >"$GG_LOGS/helm-install.log"
 if ! helm_install; then

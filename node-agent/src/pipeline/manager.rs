@@ -217,8 +217,17 @@ impl Manager {
             .collect();
         for id in gone {
             if let Some(entry) = self.entries.remove(&id) {
-                self.registry.remove(&entry.model.name, &id.1);
-                self.admission.set_footprint(&entry.model.name, &id.1, None);
+                // The registry is keyed by model name and version: a deployment
+                // that took over the name (the old one deleted, a new one
+                // created) has registered its own backend there already.
+                let taken_over = self
+                    .entries
+                    .iter()
+                    .any(|((_, version), e)| e.model.name == entry.model.name && *version == id.1);
+                if !taken_over {
+                    self.registry.remove(&entry.model.name, &id.1);
+                    self.admission.set_footprint(&entry.model.name, &id.1, None);
+                }
                 tracing::info!(deployment = %id.0, version = %id.1, "unloaded");
             }
         }
