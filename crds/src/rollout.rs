@@ -79,6 +79,15 @@ fn split(stable: &str) -> TrafficSplit {
     }
 }
 
+/// `weight`% of unversioned requests to the canary `version`, the rest to `stable`.
+fn canary_split(stable: &str, version: &str, weight: i32) -> TrafficSplit {
+    TrafficSplit {
+        canary_version: Some(version.to_owned()),
+        canary_weight: weight,
+        ..split(stable)
+    }
+}
+
 fn state(phase: RolloutPhase, message: String) -> RolloutStatus {
     RolloutStatus {
         phase,
@@ -193,11 +202,7 @@ fn canary_rollout(
     let mut e = if settings.steps.is_empty() {
         let weight = settings.weight.clamp(0, 100);
         Effective {
-            traffic: TrafficSplit {
-                canary_version: Some(version.to_owned()),
-                canary_weight: weight,
-                ..split(stable)
-            },
+            traffic: canary_split(stable, version, weight),
             rollout: RolloutStatus {
                 version: Some(version.to_owned()),
                 ..state(
@@ -294,11 +299,7 @@ fn canary_steps(
         )
     };
     Effective {
-        traffic: TrafficSplit {
-            canary_version: Some(version.to_owned()),
-            canary_weight: weight,
-            ..split(stable)
-        },
+        traffic: canary_split(stable, version, weight),
         rollout: RolloutStatus {
             step: Some(step as i32),
             version: Some(version.to_owned()),
