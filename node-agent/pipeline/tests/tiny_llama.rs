@@ -184,7 +184,7 @@ fn requantizing_q4_1_weights_keeps_the_logits() {
         )
     };
     let (stored, stored_bytes) = logits(Requantize::Off);
-    let (q8, q8_bytes) = logits(Requantize::Auto);
+    let (q8, q8_bytes) = logits(Requantize::To(GgmlDType::Q8_0));
     let (q4, _) = logits(Requantize::To(GgmlDType::Q4_0));
     let (c8, c4) = (common::cosine(&stored, &q8), common::cosine(&stored, &q4));
     eprintln!("cosine to the stored weights' logits: Q8_0 {c8}, Q4_0 {c4}");

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{D, DType, Device, Module, Result, Tensor};
 
+use super::kernels::PackedMatrix;
+
 /// The keys and values one layer has seen so far in one request.
 pub(crate) type LayerCache = Option<(Tensor, Tensor)>;
 
@@ -16,17 +18,30 @@ pub(crate) fn tensor_bytes(t: &Tensor) -> u64 {
     (t.elem_count() * t.dtype().size_in_bytes()) as u64
 }
 
-/// Bytes held by a matmul weight (quantized, or dequantized when it was a float type).
-pub(crate) fn linear_bytes(m: &QMatMul) -> u64 {
+/// A matrix weight: repacked for this crate's CPU kernels (llama.cpp's arithmetic) where
+/// they run its type, otherwise candle's quantized matmul.
+#[derive(Debug, Clone)]
+pub(crate) enum Linear {
+    Packed(Arc<PackedMatrix>),
+    Candle(QMatMul),
+}
+
+/// Bytes held by a matmul weight (quantized, repacked, or dequantized when it was a
+/// float type).
+pub(crate) fn linear_bytes(m: &Linear) -> u64 {
     match m {
-        QMatMul::QTensor(q) => q.storage_size_in_bytes() as u64,
-        QMatMul::Tensor(t) | QMatMul::TensorF16(t) => tensor_bytes(t),
+        Linear::Packed(p) => p.bytes(),
+        Linear::Candle(QMatMul::QTensor(q)) => q.storage_size_in_bytes() as u64,
+        Linear::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => tensor_bytes(t),
     }
 }
 
 /// Whether candle holds the weight dequantized (a float type), apart from its QTensor.
-pub(crate) fn is_dequantized(m: &QMatMul) -> bool {
-    matches!(m, QMatMul::Tensor(_) | QMatMul::TensorF16(_))
+pub(crate) fn is_dequantized(m: &Linear) -> bool {
+    matches!(
+        m,
+        Linear::Candle(QMatMul::Tensor(_) | QMatMul::TensorF16(_))
+    )
 }
 
 /// RMS normalisation computed as ggml does: the mean of squares summed in f64, then
@@ -109,10 +124,10 @@ impl RotaryEmbedding {
 /// Grouped-query self-attention.
 #[derive(Debug, Clone)]
 pub(crate) struct Attention {
-    pub(crate) wq: QMatMul,
-    pub(crate) wk: QMatMul,
-    pub(crate) wv: QMatMul,
-    pub(crate) wo: QMatMul,
+    pub(crate) wq: Linear,
+    pub(crate) wk: Linear,
+    pub(crate) wv: Linear,
+    pub(crate) wo: Linear,
     pub(crate) n_head: usize,
     pub(crate) n_kv_head: usize,
     pub(crate) head_dim: usize,
@@ -182,9 +197,9 @@ impl Attention {
 /// The SwiGLU feed-forward network.
 #[derive(Debug, Clone)]
 pub(crate) struct Mlp {
-    pub(crate) gate: QMatMul,
-    pub(crate) up: QMatMul,
-    pub(crate) down: QMatMul,
+    pub(crate) gate: Linear,
+    pub(crate) up: Linear,
+    pub(crate) down: Linear,
 }
 
 impl Module for Mlp {
@@ -234,20 +249,48 @@ impl Block {
     }
 }
 
-/// The token embedding, kept quantized: rows are dequantized on lookup.
+/// The token embedding, kept quantized (as stored, or repacked when it is also the
+/// head's weight): rows are dequantized on lookup.
 #[derive(Debug, Clone)]
-pub(crate) struct TokenEmbedding {
-    pub(crate) weight: Arc<QTensor>,
+pub(crate) enum TokenEmbedding {
+    Quantized(Arc<QTensor>),
+    Packed(Arc<PackedMatrix>),
 }
 
 impl TokenEmbedding {
     /// `ids`: (batch, seq) u32 → (batch, seq, hidden) f32.
     pub(crate) fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        self.weight.embedding(ids)
+        match self {
+            Self::Quantized(q) => q.embedding(ids),
+            Self::Packed(p) => {
+                let (b, seq) = ids.dims2()?;
+                let hidden = p.cols();
+                let mut out = vec![0f32; b * seq * hidden];
+                for (id, row) in ids
+                    .flatten_all()?
+                    .to_vec1::<u32>()?
+                    .into_iter()
+                    .zip(out.chunks_exact_mut(hidden))
+                {
+                    let id = id as usize;
+                    if id >= p.rows() {
+                        candle_core::bail!(
+                            "token id {id} is outside the vocabulary ({})",
+                            p.rows()
+                        );
+                    }
+                    p.dequantize_row(id, row);
+                }
+                Tensor::from_vec(out, (b, seq, hidden), ids.device())
+            }
+        }
     }
 
     pub(crate) fn bytes(&self) -> u64 {
-        self.weight.storage_size_in_bytes() as u64
+        match self {
+            Self::Quantized(q) => q.storage_size_in_bytes() as u64,
+            Self::Packed(p) => p.bytes(),
+        }
     }
 }
 
@@ -255,7 +298,7 @@ impl TokenEmbedding {
 #[derive(Debug, Clone)]
 pub(crate) struct Head {
     pub(crate) norm: RmsNorm,
-    pub(crate) output: QMatMul,
+    pub(crate) output: Linear,
 }
 
 impl Head {
@@ -264,19 +307,23 @@ impl Head {
         let x = self.norm.forward(x)?;
         let last = x.dim(1)? - 1;
         let x = x.narrow(1, last, 1)?.squeeze(1)?;
-        self.output.forward(&x)
+        linear(&self.output, &x)
     }
 }
 
 /// Rows from which a CPU matmul dequantizes the weight and multiplies in f32.
 pub(crate) const DEQUANTIZED_ROWS: usize = 16;
 
-/// `x @ wᵀ`. One row at a time (decode) runs candle's quantized kernel, which
-/// reads the weights as stored; many rows at once (a prompt) on the CPU
-/// dequantize the weight and run the f32 GEMM, which reuses every weight for
-/// all rows: candle's quantized CPU matmul recomputes each row's dot products
-/// block by block and is 3x slower there.
-pub(crate) fn linear(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
+/// `x @ wᵀ`. A repacked weight runs this crate's kernels for any number of rows. With
+/// candle's: one row at a time (decode) runs its quantized kernel, which reads the
+/// weights as stored; many rows at once (a prompt) on the CPU dequantize the weight and
+/// run the f32 GEMM, which reuses every weight for all rows: candle's quantized CPU
+/// matmul recomputes each row's dot products block by block and is 3x slower there.
+pub(crate) fn linear(w: &Linear, x: &Tensor) -> Result<Tensor> {
+    let w = match w {
+        Linear::Packed(p) => return x.contiguous()?.apply_op1_no_bwd(p.as_ref()),
+        Linear::Candle(w) => w,
+    };
     let rows = x.elem_count() / x.dim(x.rank() - 1)?;
     match w {
         QMatMul::QTensor(q) if rows >= DEQUANTIZED_ROWS && x.device().is_cpu() => {

@@ -1,6 +1,7 @@
 //! A llama-family decoder read from GGUF with candle's quantized tensors, its layers
 //! split into stages that each live on their own device (activations move between them).
 
+mod kernels;
 mod layers;
 pub mod requant;
 pub mod tokenizer;
@@ -15,7 +16,10 @@ use candle_core::{Device, Tensor};
 
 use crate::error::{LoadError, Result};
 use crate::plan::{ModelBytes, PlannedStage};
-use layers::{Attention, Block, Head, LayerCache, Mlp, RmsNorm, RotaryEmbedding, TokenEmbedding};
+use kernels::PackedMatrix;
+use layers::{
+    Attention, Block, Head, LayerCache, Linear, Mlp, RmsNorm, RotaryEmbedding, TokenEmbedding,
+};
 use requant::{KernelLog, Requantize};
 
 pub(crate) use layers::argmax;
@@ -123,7 +127,8 @@ fn info<'a>(ct: &'a Content, name: &str, path: &Path) -> Result<&'a TensorInfo, 
 }
 
 /// Resident bytes of a tensor once loaded with `policy` onto a device of this kind: float
-/// matrices are held as f32 by candle's matmul, others in their (target) type.
+/// matrices are held as f32 by candle's matmul, matrices the CPU kernels run are repacked
+/// (in groups of eight rows), others are held in their (target) type.
 fn resident_bytes(info: &TensorInfo, policy: Requantize, device: &Device, matmul: bool) -> u64 {
     let elems = info.shape.elem_count();
     let row = info.shape.dims().last().copied().unwrap_or(1);
@@ -132,9 +137,19 @@ fn resident_bytes(info: &TensorInfo, policy: Requantize, device: &Device, matmul
         .unwrap_or(info.ggml_dtype);
     let bytes = match dtype {
         GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 if matmul => elems * 4,
+        _ if matmul && packs(dtype, info.shape.dims(), device) => {
+            return kernels::packed_bytes(dtype, elems / row, row);
+        }
         _ => elems / dtype.block_size() * dtype.type_size(),
     };
     bytes as u64
+}
+
+/// Whether a matrix of this type and shape is repacked for the CPU kernels on `device`.
+fn packs(dtype: GgmlDType, dims: &[usize], device: &Device) -> bool {
+    device.is_cpu()
+        && kernels::supports(dtype)
+        && matches!(dims, [_, cols] if cols.is_multiple_of(kernels::layout::QK))
 }
 
 /// What the model needs per layer, for the planner. `devices` are the devices it may be
@@ -259,7 +274,7 @@ impl StagedLlama {
         };
         let tied = !ct.tensor_infos.contains_key("output.weight");
         // A tied head on the first stage's device shares the embedding's weight.
-        let mut tied_head: Option<(Device, QMatMul)> = None;
+        let mut tied_head: Option<(Device, Linear)> = None;
         let mut stages = Vec::with_capacity(plan.len());
         for (s, planned) in plan.iter().enumerate() {
             let device = devices[planned.device].clone();
@@ -272,9 +287,7 @@ impl StagedLlama {
                     lookup
                 } else {
                     let q = loader.qtensor("token_embd.weight", &device, false)?;
-                    TokenEmbedding {
-                        weight: Arc::new(q),
-                    }
+                    TokenEmbedding::Quantized(Arc::new(q))
                 };
                 bytes += lookup.bytes();
                 embedding = Some(lookup);
@@ -406,9 +419,22 @@ impl<R: Read + Seek> Loader<'_, R> {
         Ok(q)
     }
 
-    fn matmul(&mut self, name: &str, device: &Device) -> Result<QMatMul, LoadError> {
+    /// The weight repacked for the CPU kernels, when they run it on `device`.
+    fn packed(&self, q: &QTensor, device: &Device) -> Result<Option<Arc<PackedMatrix>>, LoadError> {
+        if !packs(q.dtype(), q.shape().dims(), device) {
+            return Ok(None);
+        }
+        let packed = PackedMatrix::from_qtensor(q).map_err(|e| LoadError::model(self.path, e))?;
+        Ok(packed.map(Arc::new))
+    }
+
+    fn matmul(&mut self, name: &str, device: &Device) -> Result<Linear, LoadError> {
         let q = self.qtensor(name, device, true)?;
-        QMatMul::from_qtensor(q).map_err(|e| LoadError::model(self.path, e))
+        if let Some(packed) = self.packed(&q, device)? {
+            return Ok(Linear::Packed(packed));
+        }
+        let m = QMatMul::from_qtensor(q).map_err(|e| LoadError::model(self.path, e))?;
+        Ok(Linear::Candle(m))
     }
 
     /// A matrix weight that is also the token embedding (a tied head), and the lookup
@@ -417,11 +443,18 @@ impl<R: Read + Seek> Loader<'_, R> {
         &mut self,
         name: &str,
         device: &Device,
-    ) -> Result<(QMatMul, TokenEmbedding), LoadError> {
-        let weight = Arc::new(self.qtensor(name, device, true)?);
+    ) -> Result<(Linear, TokenEmbedding), LoadError> {
+        let q = self.qtensor(name, device, true)?;
+        if let Some(packed) = self.packed(&q, device)? {
+            return Ok((
+                Linear::Packed(packed.clone()),
+                TokenEmbedding::Packed(packed),
+            ));
+        }
+        let weight = Arc::new(q);
         let linear =
             QMatMul::from_arc(weight.clone()).map_err(|e| LoadError::model(self.path, e))?;
-        Ok((linear, TokenEmbedding { weight }))
+        Ok((Linear::Candle(linear), TokenEmbedding::Quantized(weight)))
     }
 
     fn norm(&mut self, name: &str, eps: f64, device: &Device) -> Result<RmsNorm, LoadError> {

@@ -32,12 +32,14 @@ pub enum Requantize {
 /// Q8_0, the closer of the two, is the speed option.
 pub const AUTO_TARGET: GgmlDType = GgmlDType::Q8_0;
 
-/// Whether candle has a SIMD CPU matmul kernel for this type.
+/// Whether this build has a SIMD CPU matmul kernel for this type: candle's, or this
+/// crate's (Q4_0, Q8_0 and Q4_1, see `kernels`).
 fn has_fast_cpu_kernel(dtype: GgmlDType) -> bool {
-    !matches!(
-        dtype,
-        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q8_1
-    )
+    super::kernels::supports(dtype)
+        || !matches!(
+            dtype,
+            GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q8_1
+        )
 }
 
 fn is_float(dtype: GgmlDType) -> bool {
@@ -129,10 +131,8 @@ mod tests {
     #[test]
     fn auto_requantizes_only_slow_types_on_the_cpu() {
         let cpu = Device::Cpu;
-        assert_eq!(
-            Requantize::Auto.target(GgmlDType::Q4_1, 64, &cpu),
-            Some(AUTO_TARGET)
-        );
+        let q4_1 = (!super::super::kernels::supports(GgmlDType::Q4_1)).then_some(AUTO_TARGET);
+        assert_eq!(Requantize::Auto.target(GgmlDType::Q4_1, 64, &cpu), q4_1);
         assert_eq!(
             Requantize::Auto.target(GgmlDType::Q5_0, 64, &cpu),
             Some(AUTO_TARGET)
