@@ -27,6 +27,12 @@ use crate::policy::budget::budgets;
 /// core, which reads it once for budgets, back-off and this report).
 const POLL: Duration = Duration::from_secs(5);
 
+/// How long a change waits for more before it is written: a rollout edit
+/// changes the pipelines in steps (split applied, version loaded, stats), and
+/// one write carries them all. It also keeps the status writes of every agent
+/// of a fleet out of the way while their splits are being applied.
+const COALESCE: Duration = Duration::from_millis(100);
+
 /// What the report is made of, each as the node core publishes it.
 #[derive(Debug)]
 pub struct Feeds {
@@ -229,12 +235,23 @@ impl Reporter {
                     }
                 }
             }
+            let changed = tokio::select! {
+                changed = policy.changed() => changed,
+                changed = pipelines.changed() => changed,
+                changed = priority.changed() => changed,
+                changed = gpus.changed() => changed,
+                _ = poll.tick() => continue,
+                // Draining is reported at once: the operator takes the agent
+                // out of the EndpointSlices on it.
+                _ = draining.wait(), if !is_draining => continue,
+                _ = shutdown.wait() => return Ok(()),
+            };
+            if changed.is_err() {
+                shutdown.wait().await;
+                return Ok(());
+            }
             tokio::select! {
-                changed = policy.changed() => if changed.is_err() { shutdown.wait().await; return Ok(()) },
-                changed = pipelines.changed() => if changed.is_err() { shutdown.wait().await; return Ok(()) },
-                changed = priority.changed() => if changed.is_err() { shutdown.wait().await; return Ok(()) },
-                changed = gpus.changed() => if changed.is_err() { shutdown.wait().await; return Ok(()) },
-                _ = poll.tick() => {}
+                _ = tokio::time::sleep(COALESCE) => {}
                 _ = draining.wait(), if !is_draining => {}
                 _ = shutdown.wait() => return Ok(()),
             }
