@@ -68,6 +68,10 @@ chart: ## helm lint, helm-unittest suites, the install.yaml drift check and prom
 e2e: ## End-to-end tests against the local real control plane (see e2e/README.md)
 	e2e/run-tests.sh
 
+.PHONY: dashboard-png
+dashboard-png: ## Draw the Grafana dashboard's panels from a real Prometheus on the local cluster (docs/dashboard/)
+	hack/dashboard-png.sh
+
 .PHONY: crds
 crds: ## Regenerate the CRD templates of the chart and manifests/install.yaml
 	$(CARGO) run --quiet -p gogrid-crds --bin crdgen

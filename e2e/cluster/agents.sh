@@ -22,7 +22,8 @@ set -uo pipefail
 
 agent_bin=${GOGRID_AGENT_BIN:-${CARGO_TARGET_DIR:-$GG_ROOT/target}/debug/gogrid-agent}
 selector=${GOGRID_AGENT_SELECTOR:-app.kubernetes.io/component=agent}
-kubeconfig="$GG_RUN/kubeconfig-agent"
+# shellcheck disable=SC1091
+agent_sa=$(. "$GG_RUN/install.env" && echo "$GG_AGENT_SA")
 state="$GG_RUN/agents"
 mkdir -p "$state" "$GG_LOGS"
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*"; }
@@ -42,6 +43,16 @@ start_agent() { # <pod> <uid> <node> <ip> <profile> <restarts>
   local pod=$1 uid=$2 node=$3 ip=$4 profile=$5 restarts=$6
   local logf="$GG_LOGS/agent-$node.log"
   ensure_addr "$node" "$ip" || { log "pod $pod: cannot add $ip to $node"; return 1; }
+  # Like the kubelet's projected token: the agent's ServiceAccount token bound
+  # to its pod, so that the API server knows the requester's node (the chart's
+  # admission policy lets an agent write its own node's GpuNode only).
+  local kubeconfig="$state/.kubeconfig-$pod" token
+  if ! token=$(ip netns exec "$GG_CP_NS" kubectl --kubeconfig "$GG_RUN/kubeconfig" create token "$agent_sa" \
+      -n "$GG_NAMESPACE" --bound-object-kind Pod --bound-object-name "$pod" --bound-object-uid "$uid" \
+      --duration=24h 2>"$state/.token.err"); then
+    log "pod $pod: no token: $(tail -n 1 "$state/.token.err")"; return 1
+  fi
+  gg_write_kubeconfig "$kubeconfig" "system:serviceaccount:$GG_NAMESPACE:$agent_sa" "$token"
   echo "=== $(date -Is) starting gogrid-agent for pod $pod (uid $uid) on $node, ip $ip, profile $profile" >> "$logf"
   ip netns exec "$node" env \
     KUBECONFIG="$kubeconfig" NODE_NAME="$node" POD_NAME="$pod" POD_NAMESPACE="$GG_NAMESPACE" POD_IP="$ip" \
@@ -64,7 +75,7 @@ stop_agent() { # <pod> [reason]
     if alive "$pid"; then log "  pid $pid still running after 10s: SIGKILL"; kill -KILL "$pid" 2>/dev/null; fi
     wait "$pid" 2>/dev/null
   fi
-  rm -f "$state/$pod" "$state/.exited-$pod-"*
+  rm -f "$state/$pod" "$state/.exited-$pod-"* "$state/.kubeconfig-$pod"
   # remove the address unless another agent on that node still uses it
   if ! cat "$state"/* 2>/dev/null | awk -v n="$node" -v a="$ip" '$3 == n && $4 == a {f=1} END {exit !f}'; then
     ip -n "$node" addr del "$ip/$GG_PREFIX" dev eth0 2>/dev/null

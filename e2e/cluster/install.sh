@@ -129,6 +129,8 @@ else
 fi
 
 # --- 5. the agent supervisor ----------------------------------------------------------
+# A token of the agents' ServiceAccount bound to no pod, for tests; the
+# supervisor gives each agent a token bound to its pod, as the kubelet does.
 gg_write_kubeconfig "$GG_RUN/kubeconfig-agent" "$agent_sa" \
   "$(gg_kubectl create token "$agent_sa" -n "$GG_NAMESPACE" --duration=24h)"
 if gg_alive agents && [ "$agent_bin" -nt "$GG_PIDS/agents.pid" ]; then

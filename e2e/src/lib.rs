@@ -5,6 +5,7 @@
 //! skip themselves on an external cluster.
 
 pub mod load;
+pub mod openloop;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -319,20 +320,117 @@ pub fn big_model(real: &str) -> anyhow::Result<std::path::PathBuf> {
     Ok(path)
 }
 
+/// The bearer token of the kubeconfig under test (the local harness's admin,
+/// in `system:masters`): metrics endpoints answer only authorized readers.
+pub fn kubeconfig_token() -> anyhow::Result<String> {
+    let path = kubeconfig_path();
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let kubeconfig: serde_json::Value = serde_yaml::from_str(&text)?;
+    kubeconfig["users"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|u| u["user"]["token"].as_str().map(str::to_owned))
+        .with_context(|| format!("{} has no token", path.display()))
+}
+
+/// A token of ServiceAccount `name` in the release namespace (created if
+/// missing), bound to `cluster_role` when one is named.
+pub async fn service_account_token(
+    client: &kube::Client,
+    name: &str,
+    cluster_role: Option<&str>,
+) -> anyhow::Result<String> {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
+    use kube::api::{Patch, PatchParams, PostParams};
+    let ns = release_namespace();
+    let accounts: kube::Api<ServiceAccount> = kube::Api::namespaced(client.clone(), &ns);
+    let pp = PatchParams::apply("gogrid-e2e").force();
+    accounts
+        .patch(
+            name,
+            &pp,
+            &Patch::Apply(
+                serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                                 "metadata": {"name": name, "namespace": ns}}),
+            ),
+        )
+        .await?;
+    if let Some(role) = cluster_role {
+        let bindings: kube::Api<ClusterRoleBinding> = kube::Api::all(client.clone());
+        let binding = ClusterRoleBinding {
+            metadata: kube::api::ObjectMeta {
+                name: Some(format!("{name}-{role}")),
+                ..Default::default()
+            },
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "ClusterRole".into(),
+                name: role.into(),
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".into(),
+                name: name.into(),
+                namespace: Some(ns.clone()),
+                ..Default::default()
+            }]),
+        };
+        bindings
+            .patch(&format!("{name}-{role}"), &pp, &Patch::Apply(&binding))
+            .await?;
+    }
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: Vec::new(),
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    accounts
+        .create_token_request(name, &PostParams::default(), &request)
+        .await?
+        .status
+        .map(|s| s.token)
+        .context("the TokenRequest gave no token")
+}
+
+/// What `/metrics` at `url` answers `token` (None: no Authorization header):
+/// the HTTP status and the body.
+pub fn get_metrics(url: &str, token: Option<&str>) -> anyhow::Result<(u16, String)> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    let out = cmd.arg(url).output().context("running curl")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').context("curl's status line")?;
+    Ok((code.trim().parse()?, body.to_owned()))
+}
+
+/// The metrics at `url`, read with the kubeconfig's token; anything but a
+/// 200 is an error.
+pub fn scrape(url: &str) -> anyhow::Result<String> {
+    let (code, body) = get_metrics(url, Some(&kubeconfig_token()?))?;
+    anyhow::ensure!(code == 200, "{url}: HTTP {code}: {body}");
+    Ok(body)
+}
+
 /// Checks the metrics at `url` (the classic text format curl is given)
 /// with `promtool check metrics`: exposition format and Prometheus' naming
 /// conventions.
 pub fn promtool_check_metrics(url: &str) -> anyhow::Result<()> {
-    let scraped = Command::new("curl")
-        .args(["-sSf", "--max-time", "10", url])
-        .output()
-        .context("running curl")?;
-    anyhow::ensure!(
-        scraped.status.success(),
-        "{url}: {}",
-        String::from_utf8_lossy(&scraped.stderr)
-    );
-    anyhow::ensure!(!scraped.stdout.is_empty(), "{url}: empty answer");
+    let scraped = scrape(url)?;
+    anyhow::ensure!(!scraped.is_empty(), "{url}: empty answer");
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
@@ -343,7 +441,7 @@ pub fn promtool_check_metrics(url: &str) -> anyhow::Result<()> {
     {
         use std::io::Write as _;
         let mut stdin = promtool.stdin.take().context("promtool stdin")?;
-        stdin.write_all(&scraped.stdout)?;
+        stdin.write_all(scraped.as_bytes())?;
     }
     let out = promtool.wait_with_output()?;
     anyhow::ensure!(

@@ -25,6 +25,8 @@ use serde_json::{Value, json};
 /// One answered (or failed) request.
 #[derive(Debug, Clone)]
 pub struct Sample {
+    /// When the request was sent.
+    pub sent: Instant,
     /// When the answer came.
     pub at: Instant,
     /// The version that answered (`model_version`), for a 200.
@@ -42,6 +44,15 @@ impl Sample {
     }
 }
 
+/// A point in a load: requests sent after it are the ones counted from it
+/// (a request sent before and answered after belongs to what came before).
+#[derive(Debug, Clone, Copy)]
+pub struct Mark {
+    index: usize,
+    /// When the mark was taken.
+    pub at: Instant,
+}
+
 /// A running load.
 #[derive(Debug)]
 pub struct Load {
@@ -53,7 +64,8 @@ pub struct Load {
 
 type Endpoints = Arc<RwLock<Vec<SocketAddr>>>;
 
-async fn ready_endpoints(
+/// The ready endpoints of Service `service`'s `http` port, from its EndpointSlices.
+pub async fn ready_endpoints(
     api: &Api<EndpointSlice>,
     service: &str,
 ) -> anyhow::Result<Vec<SocketAddr>> {
@@ -153,23 +165,33 @@ impl Load {
         })
     }
 
-    /// The number of samples so far: a mark for [`Load::since`].
-    pub fn mark(&self) -> usize {
-        self.samples.lock().map_or(0, |s| s.len())
+    /// Now, as a mark for [`Load::since`].
+    pub fn mark(&self) -> Mark {
+        Mark {
+            index: self.samples.lock().map_or(0, |s| s.len()),
+            at: Instant::now(),
+        }
     }
 
-    /// The samples after `mark`.
-    pub fn since(&self, mark: usize) -> Vec<Sample> {
+    /// The samples of requests sent after `mark`.
+    pub fn since(&self, mark: Mark) -> Vec<Sample> {
         self.samples
             .lock()
-            .map(|s| s.get(mark..).map(<[Sample]>::to_vec).unwrap_or_default())
+            .map(|s| {
+                s.get(mark.index..)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|x| x.sent >= mark.at)
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
-    /// Waits until `n` more samples than `mark` have come, and returns them.
+    /// Waits until `n` requests sent after `mark` are answered, and returns them.
     pub async fn take(
         &self,
-        mark: usize,
+        mark: Mark,
         n: usize,
         timeout: Duration,
     ) -> anyhow::Result<Vec<Sample>> {
@@ -211,7 +233,9 @@ async fn send(
     body: &Bytes,
     retries: &std::sync::atomic::AtomicU64,
 ) -> Sample {
+    let sent = Instant::now();
     let failed = |status: u16, error: String| Sample {
+        sent,
         at: Instant::now(),
         version: None,
         status,
@@ -252,6 +276,7 @@ async fn send(
                     .ok()
                     .and_then(|v| v["model_version"].as_str().map(str::to_owned));
                 return Sample {
+                    sent,
                     at: Instant::now(),
                     version,
                     status,

@@ -3,7 +3,8 @@
 //! them, their selection resolved against the API server (the agents'
 //! metrics Service and its EndpointSlices), as the Prometheus Operator would.
 //! PromQL then gives per-version request counts equal to what the load
-//! generator received, and the canary weight in force.
+//! generator received, and the canary weight in force; and every query of
+//! the chart's Grafana dashboard returns data.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -30,7 +31,11 @@ const PROMETHEUS: &str = "127.0.0.1:19090";
 /// the monitor's relabelings (the pod's node is the one meta label they
 /// use). Debian's Prometheus is built without Kubernetes discovery, so the
 /// selection is resolved here, against the API server, into static targets.
-async fn scrape_configs(client: &kube::Client, monitors: &[Value]) -> anyhow::Result<Vec<Value>> {
+async fn scrape_configs(
+    client: &kube::Client,
+    monitors: &[Value],
+    token_file: &std::path::Path,
+) -> anyhow::Result<Vec<Value>> {
     use k8s_openapi::api::core::v1::Service;
     use k8s_openapi::api::discovery::v1::EndpointSlice;
     use kube::api::ListParams;
@@ -103,7 +108,13 @@ async fn scrape_configs(client: &kube::Client, monitors: &[Value]) -> anyhow::Re
                     }
                 }
             }
+            // `bearerTokenFile` is Prometheus' own service account token in a
+            // cluster; here, the token of the reader account made for the test.
+            let authorization = e["bearerTokenFile"]
+                .as_str()
+                .map(|_| json!({"credentials_file": token_file}));
             jobs.push(json!({
+                "authorization": authorization,
                 "job_name": format!("serviceMonitor/{ns}/{name}/{i}"),
                 "honor_labels": e["honorLabels"].as_bool().unwrap_or(false),
                 "metrics_path": e["path"].as_str().unwrap_or("/metrics"),
@@ -180,7 +191,20 @@ async fn prometheus_scrapes_what_the_service_monitors_select() -> anyhow::Result
         monitors.len() == 2,
         "the chart renders the operator's and the agents' monitors"
     );
-    let mut jobs = scrape_configs(&client, &monitors).await?;
+    let dir = std::env::temp_dir().join(format!("gogrid-e2e-prometheus-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let token_file = dir.join("token");
+    // A Prometheus' account, bound to the chart's metrics-reader role.
+    let reader =
+        gogrid_e2e::service_account_token(&client, "e2e-prometheus", Some("gogrid-metrics-reader"))
+            .await?;
+    std::fs::write(&token_file, reader)?;
+    let mut jobs = scrape_configs(&client, &monitors, &token_file).await?;
+    let jobs_without_auth = jobs.iter().filter(|j| j["authorization"].is_null()).count();
+    anyhow::ensure!(
+        jobs_without_auth == 0,
+        "every monitor sends a bearer token (metrics.auth is on by default)"
+    );
     // The harness runs the operator as a process, not as a pod behind its
     // Service: its monitor's job has no endpoint here, so it is scraped where it runs.
     let operator = gogrid_e2e::operator_metrics_url();
@@ -189,10 +213,9 @@ async fn prometheus_scrapes_what_the_service_monitors_select() -> anyhow::Result
         .trim_end_matches("/metrics");
     jobs.push(
         json!({"job_name": "operator-process", "honor_labels": true, "scrape_interval": "1s",
-                     "static_configs": [{"targets": [operator]}]}),
+               "authorization": {"credentials_file": token_file},
+               "static_configs": [{"targets": [operator]}]}),
     );
-    let dir = std::env::temp_dir().join(format!("gogrid-e2e-prometheus-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
     let config = dir.join("prometheus.yml");
     std::fs::write(
         &config,
@@ -212,6 +235,7 @@ async fn prometheus_scrapes_what_the_service_monitors_select() -> anyhow::Result
             .context("starting prometheus (Debian package prometheus)")?,
     );
 
+    let started = std::time::SystemTime::now();
     let ns = TestNamespace::create(&client, "prometheus").await?;
     let nodes = agent_nodes(&client, "default").await?.len();
     let path = std::env::var("GOGRID_MODEL_MINILM").context("GOGRID_MODEL_MINILM")?;
@@ -255,7 +279,7 @@ async fn prometheus_scrapes_what_the_service_monitors_select() -> anyhow::Result
     .await?;
 
     let load = Load::start(&client, &ns.name, NAME, NAME, 2).await?;
-    let samples = load.take(0, 300, WAIT).await?;
+    let samples = load.take(load.mark(), 300, WAIT).await?;
     let samples = {
         let _ = samples;
         load.stop().await
@@ -317,5 +341,158 @@ async fn prometheus_scrapes_what_the_service_monitors_select() -> anyhow::Result
         Ok((w.first().map(value) == Some(0.7)).then_some(()))
     })
     .await?;
+
+    dashboard_has_data(&client, &ns.name, started).await?;
     ns.cleanup(&client).await
+}
+
+/// Every query of the chart's Grafana dashboard, with Grafana's variables
+/// filled in as Grafana would (all namespaces, a rate window of a few scrapes).
+fn dashboard_queries() -> anyhow::Result<Vec<(String, String)>> {
+    let path = repo_root().join("charts/gogrid/dashboards/gogrid.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    let mut out = Vec::new();
+    for panel in dashboard["panels"].as_array().context("panels")? {
+        let title = panel["title"].as_str().unwrap_or_default();
+        for target in panel["targets"].as_array().context("targets")? {
+            let expr = target["expr"]
+                .as_str()
+                .context("expr")?
+                .replace("$__rate_interval", "30s")
+                .replace("$namespace", ".*");
+            out.push((title.to_owned(), expr));
+        }
+    }
+    anyhow::ensure!(!out.is_empty(), "the dashboard has no queries");
+    Ok(out)
+}
+
+/// POSTs `body` to `url` and returns the HTTP status.
+fn post(url: &str, body: &Value) -> anyhow::Result<u16> {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "60",
+        ])
+        .args(["-H", "content-type: application/json", "--data-binary"])
+        .arg(body.to_string())
+        .arg(url)
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}
+
+/// What the dashboard shows beyond embeddings: an LLM generating tokens
+/// (SmolLM2) and requests refused for a wrong datatype (the error panel).
+/// Then every query of the dashboard returns data, and, when
+/// `GOGRID_E2E_DASHBOARD_DIR` is set, each panel's series since `started`
+/// are written there (`panels.json`) for `hack/dashboard-png.sh` to draw.
+async fn dashboard_has_data(
+    client: &kube::Client,
+    ns: &str,
+    started: std::time::SystemTime,
+) -> anyhow::Result<()> {
+    use gogrid_e2e::load::ready_endpoints;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let smollm2 = std::env::var("GOGRID_MODEL_SMOLLM2").context("GOGRID_MODEL_SMOLLM2")?;
+    let nodes = agent_nodes(client, "default").await?.len();
+    let api: Api<InferenceDeployment> = Api::namespaced(client.clone(), ns);
+    let llm = "watched-llm";
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "apiVersion": "gogrid.io/v1alpha1", "kind": "InferenceDeployment",
+            "metadata": {"name": llm},
+            "spec": {"profile": "default",
+                     "model": {"name": llm, "version": "v1", "format": "gguf",
+                               "task": "text-generation", "source": {"path": smollm2}}}
+        }))?,
+    )
+    .await?;
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+    let endpoints = wait_for("SmolLM2 ready on every agent", WAIT, || async {
+        let e = ready_endpoints(&slices, llm).await?;
+        Ok((e.len() == nodes).then_some(e))
+    })
+    .await?;
+    for (i, ep) in endpoints.iter().cycle().take(3 * nodes).enumerate() {
+        let status = post(
+            &format!("http://{ep}/v1/completions"),
+            &json!({"model": llm, "prompt": format!("Count to {i}:"), "max_tokens": 8}),
+        )?;
+        anyhow::ensure!(status == 200, "completion on {ep}: HTTP {status}");
+    }
+    let embeddings = ready_endpoints(&slices, NAME).await?;
+    let wrong =
+        json!({"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": ["hello"]}]});
+    for ep in &embeddings {
+        let status = post(&format!("http://{ep}/v2/models/{NAME}/infer"), &wrong)?;
+        anyhow::ensure!(
+            status == 400,
+            "a wrong datatype on {ep}: HTTP {status}, want 400"
+        );
+    }
+
+    let queries = dashboard_queries()?;
+    for (title, expr) in &queries {
+        wait_for(
+            &format!("data for panel {title:?}: {expr}"),
+            WAIT,
+            || async {
+                let got = query(expr).await?;
+                Ok(got.iter().any(|s| value(s).is_finite()).then_some(()))
+            },
+        )
+        .await?;
+    }
+    eprintln!(
+        "every one of the dashboard's {} queries returns data",
+        queries.len()
+    );
+
+    if let Some(dir) = std::env::var_os("GOGRID_E2E_DASHBOARD_DIR") {
+        // A minute of everything at once, for the picture: embeddings from
+        // two clients, a completion a second, now and then a bad request.
+        let load = Load::start(client, ns, NAME, NAME, 2).await?;
+        for i in 0..60usize {
+            let ep = endpoints[i % endpoints.len()];
+            let body = json!({"model": llm, "prompt": format!("Count to {i}:"), "max_tokens": 8});
+            post(&format!("http://{ep}/v1/completions"), &body)?;
+            if i % 4 == 0 {
+                let ep = embeddings[i % embeddings.len()];
+                post(&format!("http://{ep}/v2/models/{NAME}/infer"), &wrong)?;
+            }
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+        load.stop().await;
+        let start = started.duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
+        let end = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs_f64();
+        let mut panels = Vec::new();
+        for (title, expr) in &queries {
+            let out = Command::new("curl")
+                .args(["-sSf", "--max-time", "10", "--data-urlencode"])
+                .arg(format!("query={expr}"))
+                .args(["--data-urlencode", &format!("start={start}")])
+                .args(["--data-urlencode", &format!("end={end}")])
+                .args(["--data-urlencode", "step=2"])
+                .arg(format!("http://{PROMETHEUS}/api/v1/query_range"))
+                .output()?;
+            let v: Value = serde_json::from_slice(&out.stdout)?;
+            panels.push(json!({"title": title, "expr": expr, "result": v["data"]["result"]}));
+        }
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("panels.json"), serde_json::to_vec_pretty(&panels)?)?;
+        eprintln!(
+            "panel data written to {}",
+            dir.join("panels.json").display()
+        );
+    }
+    Ok(())
 }

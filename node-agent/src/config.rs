@@ -39,6 +39,9 @@ pub struct ServeArgs {
 /// Settings of `gogrid-agent run`.
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
+    /// Who may read /metrics.
+    #[command(flatten)]
+    pub metrics_auth: gogrid_runtime::metrics_auth::MetricsAuthArgs,
     /// Name of the node this agent owns.
     #[arg(long, env = "NODE_NAME")]
     pub node_name: String,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use gogrid_runtime::Shutdown;
 use gogrid_runtime::http as probes;
 pub use gogrid_runtime::http::Readiness;
+use gogrid_runtime::metrics_auth::MetricsAuth;
 
 use crate::metrics::Metrics;
 
@@ -15,8 +16,9 @@ pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     ready: Readiness,
+    auth: Option<MetricsAuth>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let router = probes::router(Arc::new(move || metrics.encode()), ready);
+    let router = probes::router(Arc::new(move || metrics.encode()), ready, auth);
     probes::serve(addr, router, shutdown).await
 }

@@ -90,6 +90,7 @@ async fn run_in_cluster(args: config::RunArgs) -> anyhow::Result<()> {
         outputs,
         shutdown.clone(),
     );
+    let auth = args.metrics_auth.build(&client);
     let reporter =
         sync::gpunode::Reporter::new(client, args.identity(), inventory, metrics.clone());
     let report_task = reporter.run(
@@ -104,7 +105,7 @@ async fn run_in_cluster(args: config::RunArgs) -> anyhow::Result<()> {
         draining,
         shutdown.clone(),
     );
-    let http_task = http::serve(args.metrics_addr, metrics, ready, shutdown.clone());
+    let http_task = http::serve(args.metrics_addr, metrics, ready, auth, shutdown.clone());
     tokio::try_join!(
         profile_task,
         deployments_task,
@@ -186,7 +187,9 @@ async fn run_standalone(args: config::ServeArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let http_task = http::serve(file.listen.metrics, metrics, ready, shutdown.clone());
+    // Standalone: no API server to ask, the metrics answer whoever reaches
+    // the listen address (loopback by default).
+    let http_task = http::serve(file.listen.metrics, metrics, ready, None, shutdown.clone());
     tokio::try_join!(profile_task, node_task, watch_task, http_task)?;
     tracing::info!("agent shut down cleanly");
     Ok(())

@@ -34,6 +34,9 @@ pub struct RunArgs {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "GOGRID_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
+    /// Who may read /metrics.
+    #[command(flatten)]
+    pub metrics_auth: gogrid_runtime::metrics_auth::MetricsAuthArgs,
     /// Namespace of the agent DaemonSets (the release namespace).
     #[arg(long, env = "GOGRID_AGENT_NAMESPACE", default_value = "gogrid-system")]
     pub agent_namespace: String,
@@ -99,6 +102,7 @@ impl RunArgs {
                 metrics: self.agent_metrics_port,
             },
             agent_stale_seconds: self.agent_stale_seconds,
+            metrics_auth: self.metrics_auth.enabled,
         })
     }
 
@@ -144,6 +148,9 @@ pub struct OperatorConfig {
     pub agent_ports: AgentPorts,
     /// Heartbeat age after which an agent counts as gone.
     pub agent_stale_seconds: i64,
+    /// Whether `/metrics` answers authorized readers only (this replica's
+    /// setting, passed on to the agents).
+    pub metrics_auth: bool,
 }
 
 impl Default for OperatorConfig {
@@ -160,6 +167,7 @@ impl Default for OperatorConfig {
                 metrics: 8002,
             },
             agent_stale_seconds: 90,
+            metrics_auth: true,
         }
     }
 }

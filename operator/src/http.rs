@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use gogrid_runtime::Shutdown;
 use gogrid_runtime::http::{self as probes, Readiness};
+use gogrid_runtime::metrics_auth::MetricsAuth;
 
 use crate::metrics::Metrics;
 
@@ -33,8 +34,17 @@ impl State {
 }
 
 /// Serve until shutdown.
-pub async fn serve(addr: SocketAddr, state: State, shutdown: Shutdown) -> anyhow::Result<()> {
+pub async fn serve(
+    addr: SocketAddr,
+    state: State,
+    auth: Option<MetricsAuth>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     let metrics = state.metrics.clone();
-    let router = probes::router(Arc::new(move || metrics.encode()), state.ready.clone());
+    let router = probes::router(
+        Arc::new(move || metrics.encode()),
+        state.ready.clone(),
+        auth,
+    );
     probes::serve(addr, router, shutdown).await
 }

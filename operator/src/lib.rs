@@ -35,7 +35,8 @@ async fn run_operator(args: config::RunArgs) -> anyhow::Result<()> {
     let state = http::State::new(metrics.clone());
     // Every replica serves metrics; a follower is ready while it waits for the Lease.
     state.set_ready(true);
-    let http = http::serve(args.http_addr, state.clone(), shutdown.clone());
+    let auth = args.metrics_auth.build(&client);
+    let http = http::serve(args.http_addr, state.clone(), auth, shutdown.clone());
     let config = args.operator_config();
     let work = leader::run_while_leader(
         client.clone(),

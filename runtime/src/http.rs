@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 
 use crate::Shutdown;
+use crate::metrics_auth::{MetricsAuth, Verdict};
 
 /// Renders the Prometheus text exposition.
 pub type Encoder = Arc<dyn Fn() -> String + Send + Sync>;
@@ -33,15 +34,23 @@ impl Readiness {
 struct Probes {
     encode: Encoder,
     ready: Readiness,
+    auth: Option<MetricsAuth>,
 }
 
-/// The probe and metrics routes.
-pub fn router(encode: Encoder, ready: Readiness) -> Router {
+/// The probe and metrics routes. With `auth`, `/metrics` answers only
+/// callers the API server authenticates and allows `get /metrics` (401 and
+/// 403 otherwise); the probes stay open, as the kubelet calls them without a
+/// token.
+pub fn router(encode: Encoder, ready: Readiness, auth: Option<MetricsAuth>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .with_state(Probes { encode, ready })
+        .with_state(Probes {
+            encode,
+            ready,
+            auth,
+        })
 }
 
 /// Serve `router` on `addr` until shutdown.
@@ -59,7 +68,30 @@ pub async fn serve(addr: SocketAddr, router: Router, shutdown: Shutdown) -> anyh
 /// OpenMetrics to whoever asks for it (Prometheus does), the classic text
 /// format (0.0.4) to everyone else: curl, `promtool check metrics`, older
 /// scrapers. The Go client negotiates the same way.
-async fn metrics(State(p): State<Probes>, headers: axum::http::HeaderMap) -> impl IntoResponse {
+async fn metrics(
+    State(p): State<Probes>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    if let Some(auth) = &p.auth {
+        let header = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        match auth.check(header).await {
+            Verdict::Allowed => {}
+            Verdict::Unauthenticated(why) => {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+                    why,
+                )
+                    .into_response();
+            }
+            Verdict::Forbidden(why) => return (StatusCode::FORBIDDEN, why).into_response(),
+            Verdict::Unavailable(why) => {
+                return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
+            }
+        }
+    }
     let openmetrics = headers
         .get_all(axum::http::header::ACCEPT)
         .iter()
@@ -74,6 +106,7 @@ async fn metrics(State(p): State<Probes>, headers: axum::http::HeaderMap) -> imp
             )],
             text,
         )
+            .into_response()
     } else {
         (
             [(
@@ -82,6 +115,7 @@ async fn metrics(State(p): State<Probes>, headers: axum::http::HeaderMap) -> imp
             )],
             to_text_format(&text),
         )
+            .into_response()
     }
 }
 

@@ -101,15 +101,7 @@ async fn split_apply_buckets(client: &kube::Client) -> anyhow::Result<BTreeMap<S
             continue;
         };
         let url = format!("http://{}:{}/metrics", agent.pod_ip, agent.metrics_port);
-        let out = std::process::Command::new("curl")
-            .args(["-sS", "--max-time", "10", &url])
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "{url}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
+        for line in gogrid_e2e::scrape(&url)?.lines() {
             let Some(rest) = line.strip_prefix("gogrid_agent_split_apply_seconds_bucket{le=\"")
             else {
                 continue;

@@ -129,6 +129,7 @@ pub fn daemonset(profile: &ResourceProfile, config: &OperatorConfig) -> Result<D
             ),
             env("GOGRID_MODEL_DIR", "/models"),
             env("GOGRID_LOG_FORMAT", "json"),
+            env("GOGRID_METRICS_AUTH", &config.metrics_auth.to_string()),
             env("NVIDIA_VISIBLE_DEVICES", "all"),
             env("NVIDIA_DRIVER_CAPABILITIES", "compute,utility"),
         ]),
