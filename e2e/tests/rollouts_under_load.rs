@@ -244,6 +244,7 @@ async fn rollouts_under_constant_load_lose_no_request() -> anyhow::Result<()> {
     let why = wait_for_phase(&api, RolloutPhase::RolledBack).await?;
     assert!(why.contains("v4 failed analysis: error rate"), "{why}");
     wait_for_split(&client, key, n, "v4", None, WAIT).await?;
+    // Every agent routes nothing to v4 now: a request sent later cannot reach it.
     let broken_until = load.mark();
     let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
     let rolled_back = events
@@ -303,14 +304,14 @@ async fn rollouts_under_constant_load_lose_no_request() -> anyhow::Result<()> {
 
     let retries = load.connect_retries();
     let samples = load.stop().await;
-    let failed: Vec<(usize, &Sample)> = samples
+    let to_broken = |s: &Sample| (broken_since.at..broken_until.at).contains(&s.sent);
+    let failed: Vec<&Sample> = samples
         .iter()
-        .enumerate()
-        .filter(|(i, s)| s.failed() && !(broken_since..broken_until).contains(i))
+        .filter(|s| s.failed() && !to_broken(s))
         .collect();
-    let deliberate = samples[broken_since..broken_until]
+    let deliberate = samples
         .iter()
-        .filter(|s| s.failed())
+        .filter(|s| s.failed() && to_broken(s))
         .count();
     eprintln!(
         "{} requests in {:.0?}: {deliberate} failed on the broken canary, {} elsewhere; {retries} connection attempts tried on another agent",

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use gogrid_crds::{GpuNode, InferenceDeployment};
 use gogrid_e2e::{
-    TestNamespace, agent_nodes, big_model, client, pipelines_of, repo_root, wait_for,
+    TestNamespace, agent_nodes, big_model, client, kubectl, pipelines_of, repo_root, wait_for,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
@@ -265,6 +265,38 @@ async fn a_real_model_serves_correct_embeddings_from_every_ready_agent() -> anyh
             "the refusal names the need, the GPU and its budget: {m}"
         );
     }
+    // `kubectl describe` tells a person what happened, in words: the
+    // Degraded condition and a Warning Event naming the need and the budget.
+    let described = wait_for(
+        "kubectl describe showing the refusal as a condition and an Event",
+        WAIT,
+        || async {
+            let out = kubectl(&["describe", "infd", too_big, "-n", &ns.name])?
+                .check("kubectl describe")?;
+            let events = out
+                .stdout
+                .split("Events:")
+                .nth(1)
+                .unwrap_or_default()
+                .to_owned();
+            Ok(
+                (events.contains("Warning") && events.contains("InsufficientVram"))
+                    .then_some(out.stdout),
+            )
+        },
+    )
+    .await?;
+    eprintln!("kubectl describe infd {too_big}:\n{described}");
+    assert!(
+        described.contains("cannot") || described.contains("needs 22.4Gi"),
+        "the condition says why in words: {described}"
+    );
+    let conditions = described.split("Events:").next().unwrap_or_default();
+    assert!(
+        conditions.contains("Degraded") && conditions.contains("InsufficientVram"),
+        "the Degraded condition carries the reason: {conditions}"
+    );
+
     // The first model still serves.
     let again = infer(&ready_addresses[0], port, &sentences[..1])?;
     assert!(cosine(&again[0], &expected[0]) >= 0.999);

@@ -98,6 +98,9 @@ struct Tally {
     errors: u64,
     /// Requests per latency bucket (the last one: above every bound).
     buckets: [u64; LATENCY_BUCKETS + 1],
+    /// The (protocol, code, error reason) series this version has, so that
+    /// they go with it when it is unloaded (a handful per version).
+    series: Vec<(&'static str, u16, Option<&'static str>)>,
 }
 
 impl Tally {
@@ -244,6 +247,10 @@ impl Metrics {
                 None => versions.entry(version.to_owned()).or_default(),
             };
             t.requests += 1;
+            let series = (protocol.as_str(), code, error);
+            if !t.series.contains(&series) {
+                t.series.push(series);
+            }
             if code >= 500 {
                 t.errors += 1;
             }
@@ -277,14 +284,34 @@ impl Metrics {
             .inc_by(tokens);
     }
 
-    /// Forgets the series of a removed model version.
+    /// Forgets every series of a removed model version: a rollout's old
+    /// versions do not stay in the exposition for the life of the agent.
     pub(crate) fn forget(&self, model: &str, version: &str) {
         let key = labels(model, version);
         self.queue_depth.remove(&key);
+        self.latency.remove(&key);
+        self.batch_size.remove(&key);
+        self.generated_tokens.remove(&key);
         if let Ok(mut tallies) = self.tallies.lock()
             && let Some(versions) = tallies.get_mut(model)
         {
-            versions.remove(version);
+            if let Some(t) = versions.remove(version) {
+                for (protocol, code, reason) in t.series {
+                    self.requests.remove(&RequestLabels {
+                        model: model.to_owned(),
+                        version: version.to_owned(),
+                        protocol,
+                        code: code.to_string(),
+                    });
+                    if let Some(reason) = reason {
+                        self.errors.remove(&ErrorLabels {
+                            model: model.to_owned(),
+                            version: version.to_owned(),
+                            reason,
+                        });
+                    }
+                }
+            }
             if versions.is_empty() {
                 tallies.remove(model);
             }
@@ -374,5 +401,41 @@ mod tests {
         );
         assert!(text.contains("gogrid_serve_request_duration_seconds_count"));
         assert!(text.contains("gogrid_serve_batch_size_sum{model=\"m\",version=\"1\"} 4"));
+    }
+
+    #[test]
+    fn an_unloaded_version_takes_all_its_series_with_it() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        for (version, code, reason) in [
+            ("1", 200, None),
+            ("1", 400, Some("invalid_argument")),
+            ("2", 200, None),
+        ] {
+            metrics.record_request(
+                "m",
+                version,
+                Protocol::Rest,
+                code,
+                reason,
+                Duration::from_millis(3),
+            );
+            metrics.record_batch("m", version, 1);
+            metrics.add_tokens("m", version, 2);
+            metrics.set_queue_depth("m", version, 0);
+        }
+        metrics.forget("m", "1");
+        let mut text = String::new();
+        assert!(encode(&mut text, &registry).is_ok());
+        assert!(
+            !text.contains(r#"version="1""#),
+            "series of the unloaded version left:\n{text}"
+        );
+        assert!(
+            text.contains(
+                r#"gogrid_serve_requests_total{model="m",version="2",protocol="rest",code="200"} 1"#
+            ),
+            "the version still loaded keeps its series:\n{text}"
+        );
     }
 }
