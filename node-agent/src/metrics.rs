@@ -17,6 +17,14 @@ pub struct GpuLabels {
     pub gpu: String,
 }
 
+/// The `gpu` label of a device: its index, or `cpu`.
+fn device_label(device: crate::policy::ledger::Device) -> String {
+    match device {
+        crate::policy::ledger::Device::Gpu(i) => i.to_string(),
+        crate::policy::ledger::Device::Cpu => "cpu".to_owned(),
+    }
+}
+
 /// Labels naming the preset in force.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabels {
@@ -27,6 +35,8 @@ pub struct PolicyLabels {
 /// Labels of an admission outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
+    /// The device whose gate decided (GPU index, or `cpu`).
+    pub gpu: String,
     /// `admitted`, `throttled` or `refused`.
     pub outcome: String,
     /// Why (`interval`, `duty_cycle`, `busy`, `batch_too_large`, `empty`,
@@ -77,9 +87,9 @@ pub struct Metrics {
     /// The serving layer's metrics (requests, latency, batches, queue depth).
     pub serving: gogrid_serve::Metrics,
     admissions: Family<OutcomeLabels, Counter>,
-    wait_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
-    busy_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
-    duty_cap: Gauge<f64, std::sync::atomic::AtomicU64>,
+    wait_seconds: Family<GpuLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    busy_seconds: Family<GpuLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    duty_cap: Family<GpuLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     vram_used: Family<GpuLabels, Gauge<i64, AtomicI64>>,
     utilization: Family<GpuLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     memory_total: Family<GpuLabels, Gauge<i64, AtomicI64>>,
@@ -101,21 +111,23 @@ impl Default for Metrics {
         let serving = gogrid_serve::Metrics::new(&mut root);
         let registry = root.sub_registry_with_prefix("gogrid_agent");
         let admissions = Family::<OutcomeLabels, Counter>::default();
-        let wait_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
-        let busy_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
-        let duty_cap = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let wait_seconds =
+            Family::<GpuLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+        let busy_seconds =
+            Family::<GpuLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+        let duty_cap = Family::<GpuLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let vram_used = Family::<GpuLabels, Gauge<i64, AtomicI64>>::default();
         let utilization = Family::<GpuLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         // Cumulative figures read from the gate's atomic counters: exposed as
         // counters (`_total`), set from that source of truth.
         registry.register(
             "admissions",
-            "Batches through the throttle gate by outcome (admitted, throttled, refused) and reason",
+            "Batches through each device's throttle gate by outcome (admitted, throttled, refused) and reason",
             admissions.clone(),
         );
         registry.register_with_unit(
             "throttle_wait",
-            "Time batches spent waiting at the throttle gate",
+            "Time batches spent waiting at each device's throttle gate",
             Unit::Seconds,
             wait_seconds.clone(),
         );
@@ -127,7 +139,7 @@ impl Default for Metrics {
         );
         registry.register(
             "duty_cycle_cap_ratio",
-            "Duty-cycle cap in force after adaptive back-off (0-1)",
+            "Duty-cycle cap in force on each device after adaptive back-off (0-1)",
             duty_cap.clone(),
         );
         registry.register_with_unit(
@@ -284,43 +296,49 @@ impl Metrics {
         }
     }
 
-    /// Update the admission and ledger figures from the gate and the ledger.
+    /// Update the admission and ledger figures from every device's gate and
+    /// the ledger.
     pub fn observe_policy(
         &self,
-        gate: &crate::policy::throttle::Gate,
+        gates: &crate::policy::throttle::Gates,
         ledger: &crate::policy::ledger::Ledger,
     ) {
-        let st = gate.stats();
-        let set = |outcome: &str, reason: &str, v: u64| {
-            self.admissions
-                .get_or_create(&OutcomeLabels {
-                    outcome: outcome.into(),
-                    reason: reason.into(),
-                })
-                .inner()
-                .store(v, std::sync::atomic::Ordering::Relaxed);
-        };
-        set("admitted", "", st.admitted);
-        set("throttled", "interval", st.throttled_interval);
-        set("throttled", "duty_cycle", st.throttled_duty_cycle);
-        set("throttled", "busy", st.throttled_busy);
-        set("refused", "batch_too_large", st.refused_batch_too_large);
-        set("refused", "empty", st.refused_empty);
-        set("refused", "deadline", st.refused_deadline);
-        let seconds = |c: &Counter<f64, std::sync::atomic::AtomicU64>, ns: u64| {
-            c.inner().store(
-                (ns as f64 / 1e9).to_bits(),
-                std::sync::atomic::Ordering::Relaxed,
-            );
-        };
-        seconds(&self.wait_seconds, st.waited_ns);
-        seconds(&self.busy_seconds, st.busy_ns);
-        self.duty_cap.set(gate.effective_cap());
-        for u in ledger.snapshot() {
-            let gpu = match u.device {
-                crate::policy::ledger::Device::Gpu(i) => i.to_string(),
-                crate::policy::ledger::Device::Cpu => "cpu".to_owned(),
+        for (device, gate) in gates.iter() {
+            let gpu = device_label(*device);
+            let st = gate.stats();
+            let set = |outcome: &str, reason: &str, v: u64| {
+                self.admissions
+                    .get_or_create(&OutcomeLabels {
+                        gpu: gpu.clone(),
+                        outcome: outcome.into(),
+                        reason: reason.into(),
+                    })
+                    .inner()
+                    .store(v, std::sync::atomic::Ordering::Relaxed);
             };
+            set("admitted", "", st.admitted);
+            set("throttled", "interval", st.throttled_interval);
+            set("throttled", "duty_cycle", st.throttled_duty_cycle);
+            set("throttled", "busy", st.throttled_busy);
+            set("refused", "batch_too_large", st.refused_batch_too_large);
+            set("refused", "empty", st.refused_empty);
+            set("refused", "deadline", st.refused_deadline);
+            let labels = GpuLabels { gpu };
+            let seconds = |c: &Family<GpuLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+                           ns: u64| {
+                c.get_or_create(&labels).inner().store(
+                    (ns as f64 / 1e9).to_bits(),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            };
+            seconds(&self.wait_seconds, st.waited_ns);
+            seconds(&self.busy_seconds, st.busy_ns);
+            self.duty_cap
+                .get_or_create(&labels)
+                .set(gate.effective_cap());
+        }
+        for u in ledger.snapshot() {
+            let gpu = device_label(u.device);
             self.vram_used.get_or_create(&GpuLabels { gpu }).set(u.used);
         }
     }
@@ -337,7 +355,7 @@ impl Metrics {
 mod tests {
     use super::*;
     use crate::policy::ledger::{Device, Ledger, Use};
-    use crate::policy::throttle::{Decision, Gate};
+    use crate::policy::throttle::{Decision, Gate, Gates};
     use gogrid_crds::Preset;
     use gogrid_crds::policy::preset_policy;
     use std::sync::Arc;
@@ -352,7 +370,8 @@ mod tests {
     fn the_exposed_admission_counts_and_vram_use_are_the_gates_and_the_ledgers() {
         let mut policy = preset_policy(Preset::Conservative);
         policy.min_request_interval_ms = 60_000;
-        let gate = Gate::new(&policy);
+        let gates = Gates::new([Device::Gpu(0), Device::Gpu(1)], &policy);
+        let gate: &Gate = gates.get(Device::Gpu(0));
         let mut admitted = 0;
         let mut waits = 0;
         for _ in 0..25 {
@@ -372,31 +391,39 @@ mod tests {
             .expect("fits");
 
         let m = Metrics::default();
-        m.observe_policy(&gate, &ledger);
+        m.observe_policy(&gates, &ledger);
         let text = m.encode();
         assert_eq!(admitted, 1, "a one-minute interval admits one");
         assert_eq!(
             sample(
                 &text,
-                r#"gogrid_agent_admissions_total{outcome="admitted",reason=""}"#
+                r#"gogrid_agent_admissions_total{gpu="0",outcome="admitted",reason=""}"#
             ),
             f64::from(admitted)
         );
+        assert_eq!(
+            sample(
+                &text,
+                r#"gogrid_agent_admissions_total{gpu="1",outcome="admitted",reason=""}"#
+            ),
+            0.0,
+            "each GPU has its own gate"
+        );
         let throttled = sample(
             &text,
-            r#"gogrid_agent_admissions_total{outcome="throttled",reason="interval"}"#,
+            r#"gogrid_agent_admissions_total{gpu="0",outcome="throttled",reason="interval"}"#,
         ) + sample(
             &text,
-            r#"gogrid_agent_admissions_total{outcome="throttled",reason="duty_cycle"}"#,
+            r#"gogrid_agent_admissions_total{gpu="0",outcome="throttled",reason="duty_cycle"}"#,
         ) + sample(
             &text,
-            r#"gogrid_agent_admissions_total{outcome="throttled",reason="busy"}"#,
+            r#"gogrid_agent_admissions_total{gpu="0",outcome="throttled",reason="busy"}"#,
         );
         assert_eq!(throttled, f64::from(waits));
         assert_eq!(
             sample(
                 &text,
-                r#"gogrid_agent_admissions_total{outcome="refused",reason="batch_too_large"}"#
+                r#"gogrid_agent_admissions_total{gpu="0",outcome="refused",reason="batch_too_large"}"#
             ),
             1.0
         );

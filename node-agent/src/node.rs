@@ -24,7 +24,7 @@ use crate::policy::adaptive::Backoff;
 use crate::policy::budget::budgets;
 use crate::policy::ledger::{Device, Ledger};
 use crate::policy::priority;
-use crate::policy::throttle::Gate;
+use crate::policy::throttle::Gates;
 use crate::sync::deployments::Desired;
 
 /// How often the inventory is re-read for budgets and adaptive back-off.
@@ -138,10 +138,13 @@ pub async fn run(
     }
     ledger.apply_budget(&budgets(&gpus, host_memory, initial.as_ref()));
     // Until a policy arrives requests are gated by the most careful preset.
-    let gate = Arc::new(Gate::new(initial.as_ref().unwrap_or(&careful)));
+    let gates = Arc::new(Gates::new(
+        devices.devices.iter().map(|d| Device::from_index(d.index)),
+        initial.as_ref().unwrap_or(&careful),
+    ));
     let (batch_tx, batch_rx) = watch::channel(batch_policy(initial.as_ref().unwrap_or(&careful)));
     let admission = Arc::new(GateAdmission::new(
-        gate.clone(),
+        gates.clone(),
         ledger.clone(),
         ADMISSION_DEADLINE,
     ));
@@ -156,7 +159,7 @@ pub async fn run(
     }
     let placement = inventory.clone();
     let apply = {
-        let (ledger, gate, shutdown) = (ledger.clone(), gate.clone(), shutdown.clone());
+        let (ledger, gates, shutdown) = (ledger.clone(), gates.clone(), shutdown.clone());
         let metrics = metrics.clone();
         async move {
             let started = Instant::now();
@@ -180,7 +183,7 @@ pub async fn run(
                 });
                 ledger.apply_budget(&budgets(&gpus, host_memory, current.as_ref()));
                 if let Some(p) = &current {
-                    gate.update(p);
+                    gates.update(p);
                     batch_tx.send_if_modified(|b| {
                         let next = batch_policy(p);
                         let changed = *b != next;
@@ -193,9 +196,9 @@ pub async fn run(
                         .map(|g| g.other_processes_utilization_percent)
                         .max()
                         .unwrap_or(0);
-                    gate.set_share(backoff.sample(started.elapsed(), others));
+                    gates.set_share(backoff.sample(started.elapsed(), others));
                 }
-                metrics.observe_policy(&gate, &ledger);
+                metrics.observe_policy(&gates, &ledger);
                 tokio::select! {
                     changed = policy.changed() => {
                         if changed.is_err() { return anyhow::Ok(()); }

@@ -1,7 +1,8 @@
 //! The node's policy as the serving layer's `Admission`, run on the model's
 //! worker thread before every batch: the batch's activation estimate is
 //! reserved in the VRAM ledger (refused with 503 and the ledger's reason when
-//! it would break the budget: never run over it), then the device's gate
+//! it would break the budget: never run over it), then the gate of the device
+//! the model runs on
 //! admits it (interval, duty cycle, batch size); a batch that cannot start
 //! before the deadline is answered 429 with Retry-After. Both are held through
 //! the batch: the reservation is returned and the duty cycle fed when it ends.
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use gogrid_serve::{Admission, Permit, Rejection};
 
 use crate::policy::ledger::{Device, Ledger, Use};
-use crate::policy::throttle::{Gate, Refused};
+use crate::policy::throttle::{Gates, Refused};
 
 /// How long a batch may wait for its turn before the client is told to retry.
 pub const ADMISSION_DEADLINE: Duration = Duration::from_secs(2);
@@ -27,10 +28,10 @@ pub struct Footprint {
     pub per_item_bytes: u64,
 }
 
-/// Admission through the ledger and one gate.
+/// Admission through the ledger and the gate of the device a model runs on.
 #[derive(Debug)]
 pub struct GateAdmission {
-    gate: Arc<Gate>,
+    gates: Arc<Gates>,
     ledger: Arc<Ledger>,
     deadline: Duration,
     /// By model, then version; read once per batch, written at load.
@@ -38,10 +39,10 @@ pub struct GateAdmission {
 }
 
 impl GateAdmission {
-    /// Admit through `ledger` and `gate`, waiting at most `deadline` per batch.
-    pub fn new(gate: Arc<Gate>, ledger: Arc<Ledger>, deadline: Duration) -> Self {
+    /// Admit through `ledger` and `gates`, waiting at most `deadline` per batch.
+    pub fn new(gates: Arc<Gates>, ledger: Arc<Ledger>, deadline: Duration) -> Self {
         Self {
-            gate,
+            gates,
             ledger,
             deadline,
             footprints: RwLock::new(HashMap::new()),
@@ -75,7 +76,9 @@ impl GateAdmission {
 impl Admission for GateAdmission {
     fn admit(&self, model: &str, version: &str, batch_len: usize) -> Result<Permit, Rejection> {
         let n = u32::try_from(batch_len).unwrap_or(u32::MAX);
-        let memory = match self.footprint(model, version) {
+        let footprint = self.footprint(model, version);
+        let gate = self.gates.get(footprint.map_or(Device::Cpu, |f| f.device));
+        let memory = match footprint {
             Some(f) if f.per_item_bytes > 0 => {
                 let need = f.per_item_bytes.saturating_mul(u64::from(n));
                 Some(
@@ -90,13 +93,10 @@ impl Admission for GateAdmission {
         };
         // The batcher never groups requests beyond the policy's batch size, but
         // one client request may carry more rows: it runs alone, as a full batch.
-        let rows = n.min(self.gate.max_batch()).max(1);
+        let rows = n.min(gate.max_batch()).max(1);
         // Model workers are plain threads: the blocking wait sleeps precisely
         // (tokio's timer would round every duty-cycle idle up to a millisecond).
-        match self
-            .gate
-            .admit_blocking(rows, Instant::now() + self.deadline)
-        {
+        match gate.admit_blocking(rows, Instant::now() + self.deadline) {
             Ok(permit) => Ok(Permit::with_guard((permit, memory))),
             Err(Refused::Deadline { retry_after }) => Err(Rejection::Throttled { retry_after }),
             Err(other) => Err(Rejection::Refused {
@@ -114,8 +114,11 @@ mod tests {
 
     fn admission(budget: i64) -> (GateAdmission, Arc<Ledger>) {
         let ledger = Arc::new(Ledger::new([(Device::Cpu, budget)]));
-        let gate = Arc::new(Gate::new(&preset_policy(Preset::Aggressive)));
-        let a = GateAdmission::new(gate, ledger.clone(), ADMISSION_DEADLINE);
+        let gates = Arc::new(Gates::new(
+            [Device::Cpu],
+            &preset_policy(Preset::Aggressive),
+        ));
+        let a = GateAdmission::new(gates, ledger.clone(), ADMISSION_DEADLINE);
         a.set_footprint(
             "m",
             "v1",

@@ -14,6 +14,7 @@
 //! clock again after taking the device, so the timestamp it returns is the one
 //! the next admission is measured against.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -393,6 +394,67 @@ impl Gate {
                 Refused::EmptyBatch => bump(&c.refused_empty, 1),
                 Refused::Deadline { .. } => bump(&c.refused_deadline, 1),
             },
+        }
+    }
+}
+
+/// One gate per device of the node: batches on different GPUs do not wait for
+/// each other; each GPU keeps its own interval, duty cycle and batch size
+/// (the policy in force, the same for all).
+#[derive(Debug)]
+pub struct Gates {
+    gates: Vec<(crate::policy::ledger::Device, Arc<Gate>)>,
+}
+
+impl Gates {
+    /// A gate for each of `devices` (and the CPU device, where CPU-only
+    /// pipelines run), all under `policy`.
+    pub fn new(
+        devices: impl IntoIterator<Item = crate::policy::ledger::Device>,
+        policy: &EffectivePolicy,
+    ) -> Self {
+        let mut gates: Vec<(crate::policy::ledger::Device, Arc<Gate>)> = Vec::new();
+        for d in devices
+            .into_iter()
+            .chain([crate::policy::ledger::Device::Cpu])
+        {
+            if !gates.iter().any(|(known, _)| *known == d) {
+                gates.push((d, Arc::new(Gate::new(policy))));
+            }
+        }
+        Self { gates }
+    }
+
+    /// The gate of `device` (the CPU's for a device the node does not have).
+    pub fn get(&self, device: crate::policy::ledger::Device) -> &Arc<Gate> {
+        let cpu = self
+            .gates
+            .iter()
+            .find(|(d, _)| *d == crate::policy::ledger::Device::Cpu);
+        self.gates
+            .iter()
+            .find(|(d, _)| *d == device)
+            .or(cpu)
+            .map(|(_, g)| g)
+            .unwrap_or_else(|| &self.gates[0].1)
+    }
+
+    /// Every device with its gate.
+    pub fn iter(&self) -> impl Iterator<Item = &(crate::policy::ledger::Device, Arc<Gate>)> {
+        self.gates.iter()
+    }
+
+    /// The policy in force, to every gate.
+    pub fn update(&self, policy: &EffectivePolicy) {
+        for (_, g) in &self.gates {
+            g.update(policy);
+        }
+    }
+
+    /// The adaptive share, to every gate.
+    pub fn set_share(&self, percent: u32) {
+        for (_, g) in &self.gates {
+            g.set_share(percent);
         }
     }
 }
