@@ -258,6 +258,7 @@ pub fn serve(a: &ServeArgs) -> anyhow::Result<()> {
         max_batch_size: a.max_batch,
         max_queue_delay: Duration::from_millis(a.delay_ms),
         max_queue_depth: 4096,
+        ..BatchPolicy::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(a.workers)

@@ -33,19 +33,39 @@ pub struct BatchPolicy {
     pub max_batch_size: usize,
     /// How long the worker waits for more requests after taking the first of a batch.
     pub max_queue_delay: Duration,
-    /// The most requests waiting per model version; more are refused with 503.
+    /// The most requests waiting per model version; more are answered 429.
     pub max_queue_depth: usize,
+    /// The longest a request waits in the queue before its batch starts; one
+    /// that waited longer is answered 429 with Retry-After instead of being
+    /// run late. Under overload latency stays bounded and the client is told
+    /// when to come back, instead of timing out.
+    pub max_queue_wait: Duration,
 }
 
 impl Default for BatchPolicy {
-    /// The `default` preset: batches of 4, 5 ms delay, 1024 waiting requests.
+    /// The `default` preset: batches of 4, 5 ms delay, 1024 waiting requests,
+    /// at most 10 s in the queue.
     fn default() -> Self {
         Self {
             max_batch_size: 4,
             max_queue_delay: Duration::from_millis(5),
             max_queue_depth: 1024,
+            max_queue_wait: MAX_QUEUE_WAIT,
         }
     }
+}
+
+/// The default bound on the time a request waits in the queue.
+pub const MAX_QUEUE_WAIT: Duration = Duration::from_secs(10);
+
+/// What a request that waited too long is told: try again in a second.
+const QUEUE_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// A request in the queue, with when it arrived.
+#[derive(Debug)]
+pub(crate) struct Queued {
+    at: Instant,
+    work: Work,
 }
 
 /// Where one request's answer goes.
@@ -119,7 +139,7 @@ pub(crate) struct WorkerContext {
 /// The sending half of a model version's queue.
 #[derive(Debug)]
 pub(crate) struct Queue {
-    tx: Sender<Work>,
+    tx: Sender<Queued>,
     depth: Arc<AtomicUsize>,
     policy: watch::Receiver<BatchPolicy>,
     metrics: Metrics,
@@ -179,14 +199,23 @@ impl Queue {
         let before = self.depth.fetch_add(1, Ordering::AcqRel);
         if before >= bound {
             self.depth.fetch_sub(1, Ordering::AcqRel);
-            return Err(ServeError::Unavailable(format!(
-                "the queue of model {} version {} is full ({bound} requests waiting); try again later",
-                self.model, self.version
-            )));
+            // Overload, not a fault: 429 with Retry-After, as for a request
+            // that waited too long.
+            return Err(ServeError::Throttled {
+                message: format!(
+                    "the queue of model {} version {} is full ({bound} requests waiting); try again later",
+                    self.model, self.version
+                ),
+                retry_after: QUEUE_RETRY_AFTER,
+            });
         }
         self.metrics
             .set_queue_depth(&self.model, &self.version, before + 1);
-        self.tx.send(work).map_err(|_| {
+        let queued = Queued {
+            at: Instant::now(),
+            work,
+        };
+        self.tx.send(queued).map_err(|_| {
             self.depth.fetch_sub(1, Ordering::AcqRel);
             ServeError::Unavailable(format!(
                 "model {} version {} is shutting down",
@@ -198,7 +227,7 @@ impl Queue {
 
 /// The receiving half: forms batches and runs them.
 struct Worker {
-    rx: Receiver<Work>,
+    rx: Receiver<Queued>,
     depth: Arc<AtomicUsize>,
     backend: Arc<dyn Backend>,
     context: WorkerContext,
@@ -208,7 +237,7 @@ struct Worker {
 
 impl Worker {
     fn run(self) {
-        let mut carry: Option<Work> = None;
+        let mut carry: Option<Queued> = None;
         loop {
             let first = match carry.take() {
                 Some(work) => work,
@@ -218,14 +247,14 @@ impl Worker {
                 },
             };
             let policy = self.context.policy.borrow().clone();
-            let (batch, rows, next) = self.form_batch(first, &policy);
+            let (batch, _, next) = self.form_batch(first, &policy);
             carry = next;
-            self.execute(batch, rows);
+            self.execute(batch, policy.max_queue_wait);
         }
         tracing::debug!(model = %self.model, version = %self.version, "worker stopped");
     }
 
-    fn taken(&self, work: Work) -> Work {
+    fn taken(&self, work: Queued) -> Queued {
         let left = self.depth.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
         self.context
             .metrics
@@ -235,13 +264,17 @@ impl Worker {
 
     /// Gathers queued work of the same kind after `first`; returns the batch,
     /// its rows and the request that did not fit (it starts the next batch).
-    fn form_batch(&self, first: Work, policy: &BatchPolicy) -> (Vec<Work>, usize, Option<Work>) {
+    fn form_batch(
+        &self,
+        first: Queued,
+        policy: &BatchPolicy,
+    ) -> (Vec<Queued>, usize, Option<Queued>) {
         let model_cap = self.backend.metadata().max_batch_size.max(1);
         let cap = policy.max_batch_size.clamp(1, model_cap);
-        let mut rows = first.rows();
-        let kind = first.kind();
+        let mut rows = first.work.rows();
+        let kind = first.work.kind();
         let mut batch = vec![first];
-        if matches!(batch.first(), Some(Work::Generate { .. })) {
+        if matches!(batch.first().map(|q| &q.work), Some(Work::Generate { .. })) {
             return (batch, rows, None);
         }
         let deadline = Instant::now() + policy.max_queue_delay;
@@ -251,20 +284,42 @@ impl Worker {
                 Ok(work) => self.taken(work),
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             };
-            if next.kind() != kind || rows + next.rows() > cap {
+            if next.work.kind() != kind || rows + next.work.rows() > cap {
                 return (batch, rows, Some(next));
             }
-            rows += next.rows();
+            rows += next.work.rows();
             batch.push(next);
         }
         (batch, rows, None)
     }
 
-    fn execute(&self, batch: Vec<Work>, rows: usize) {
-        let batch: Vec<Work> = batch.into_iter().filter(|w| !w.abandoned()).collect();
+    fn execute(&self, batch: Vec<Queued>, max_wait: Duration) {
+        let mut live = Vec::with_capacity(batch.len());
+        for q in batch {
+            if q.work.abandoned() {
+                continue;
+            }
+            let waited = q.at.elapsed();
+            if waited > max_wait {
+                q.work.fail(ServeError::Throttled {
+                    message: format!(
+                        "model {} version {} is overloaded: the request waited {:.1} s in its queue (at most {:.0} s)",
+                        self.model,
+                        self.version,
+                        waited.as_secs_f64(),
+                        max_wait.as_secs_f64()
+                    ),
+                    retry_after: QUEUE_RETRY_AFTER,
+                });
+            } else {
+                live.push(q.work);
+            }
+        }
+        let batch = live;
         if batch.is_empty() {
             return;
         }
+        let rows: usize = batch.iter().map(Work::rows).sum();
         let permit = match self
             .context
             .admission

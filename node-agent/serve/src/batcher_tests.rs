@@ -14,6 +14,7 @@ fn policy(max_batch_size: usize) -> BatchPolicy {
         max_batch_size,
         max_queue_delay: Duration::ZERO,
         max_queue_depth: 64,
+        max_queue_wait: MAX_QUEUE_WAIT,
     }
 }
 
@@ -77,7 +78,7 @@ async fn the_model_max_batch_size_caps_the_policy() {
 }
 
 #[tokio::test]
-async fn a_full_queue_refuses_with_unavailable() {
+async fn a_full_queue_is_told_to_retry_later() {
     let (backend, started, release) = Recorder::gated(32);
     let (ctx, _policy) = open_context(BatchPolicy {
         max_queue_depth: 2,
@@ -93,7 +94,7 @@ async fn a_full_queue_refuses_with_unavailable() {
         reply,
     });
     assert!(
-        matches!(&refused, Err(ServeError::Unavailable(m)) if m.contains("full")),
+        matches!(&refused, Err(ServeError::Throttled { message, retry_after }) if message.contains("full") && *retry_after == Duration::from_secs(1)),
         "{refused:?}"
     );
     release.send(()).expect("worker waits");
@@ -174,4 +175,31 @@ async fn generated_tokens_arrive_in_order_and_end_with_the_summary() {
     assert_eq!(pieces, expected);
     let summary = answer.await.expect("answered").expect("generated");
     assert_eq!(summary.completion_tokens, 200);
+}
+
+#[tokio::test]
+async fn a_request_that_waited_longer_than_the_bound_is_told_to_retry_not_run() {
+    let (backend, started, release) = Recorder::gated(32);
+    let mut p = policy(4);
+    p.max_queue_wait = Duration::from_millis(50);
+    let (ctx, _policy) = open_context(p);
+    let queue = Queue::start("m", "1", backend.clone(), &ctx).expect("worker starts");
+    let first = embed(&queue, "0");
+    started.recv().expect("first batch starts");
+    // Queued while the first batch holds the worker, longer than the bound.
+    let late = embed(&queue, "1");
+    std::thread::sleep(Duration::from_millis(120));
+    release.send(()).expect("worker waits");
+    assert_eq!(first.await.expect("answered"), Ok(vec![vec![0.0]]));
+    match late.await.expect("answered") {
+        Err(ServeError::Throttled {
+            retry_after,
+            message,
+        }) => {
+            assert_eq!(retry_after, Duration::from_secs(1));
+            assert!(message.contains("waited"), "{message}");
+        }
+        other => panic!("expected 429, got {other:?}"),
+    }
+    assert_eq!(backend.batches(), vec![1], "the late request never ran");
 }

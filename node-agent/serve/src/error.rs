@@ -36,6 +36,10 @@ pub enum ServeError {
     /// The body or message is over the configured limit: HTTP 413, gRPC `RESOURCE_EXHAUSTED`.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The client's deadline passed before the answer: HTTP 504, gRPC
+    /// `DEADLINE_EXCEEDED` (the client's doing, not the server's fault).
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// A bug or a backend failure: HTTP 500, gRPC `INTERNAL`.
     #[error("{0}")]
     Internal(String),
@@ -61,6 +65,7 @@ impl ServeError {
             Self::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -73,6 +78,7 @@ impl ServeError {
             Self::Unavailable(_) => tonic::Code::Unavailable,
             Self::Throttled { .. } | Self::PayloadTooLarge(_) => tonic::Code::ResourceExhausted,
             Self::Unsupported(_) => tonic::Code::Unimplemented,
+            Self::DeadlineExceeded(_) => tonic::Code::DeadlineExceeded,
             Self::Internal(_) => tonic::Code::Internal,
         }
     }
@@ -86,6 +92,7 @@ impl ServeError {
             Self::Throttled { .. } => "throttled",
             Self::Unsupported(_) => "unsupported",
             Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::DeadlineExceeded(_) => "deadline_exceeded",
             Self::Internal(_) => "internal",
         }
     }

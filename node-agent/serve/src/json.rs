@@ -27,7 +27,9 @@ struct JsonInput {
     datatype: String,
     #[serde(default)]
     parameters: Option<Map<String, Value>>,
-    data: Value,
+    /// Absent when the tensor is in the binary part (`binary_data_size`).
+    #[serde(default)]
+    data: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -40,17 +42,37 @@ struct JsonOutput {
 /// Decodes an inference request body. Never panics; errors are 400s that name
 /// the field and value at fault.
 pub fn decode_infer_request(body: &[u8]) -> Result<InferRequest> {
-    let request: JsonRequest = serde_json::from_slice(body).map_err(|e| {
+    decode_infer_request_parts(body, None)
+}
+
+/// The parameter that puts an input (or output) tensor in the binary part.
+pub const BINARY_DATA_SIZE: &str = "binary_data_size";
+
+/// Decodes the JSON part of a request whose tensors may follow it as binary
+/// data (the binary tensor data extension): an input with the parameter
+/// `binary_data_size` takes that many bytes of `binary`, in input order, in
+/// the raw form (little-endian elements, `BYTES` 4-byte length-prefixed).
+/// Every size is checked against the bytes really there before anything is
+/// read or allocated, and all of `binary` must be used.
+pub fn decode_infer_request_parts(json: &[u8], binary: Option<&[u8]>) -> Result<InferRequest> {
+    let request: JsonRequest = serde_json::from_slice(json).map_err(|e| {
         ServeError::invalid(format!(
             "request body is not a valid inference request: {e}"
         ))
     })?;
+    let mut rest = binary.unwrap_or_default();
     let inputs = request
         .inputs
         .into_iter()
         .enumerate()
-        .map(|(i, input)| decode_input(i, input))
+        .map(|(i, input)| decode_input(i, input, binary.is_some(), &mut rest))
         .collect::<Result<Vec<_>>>()?;
+    if !rest.is_empty() {
+        return Err(ServeError::invalid(format!(
+            "the binary part has {} bytes that no input's binary_data_size claims",
+            rest.len()
+        )));
+    }
     let outputs = request
         .outputs
         .unwrap_or_default()
@@ -71,24 +93,79 @@ pub fn decode_infer_request(body: &[u8]) -> Result<InferRequest> {
     })
 }
 
-fn decode_input(index: usize, input: JsonInput) -> Result<Tensor> {
+fn decode_input(
+    index: usize,
+    input: JsonInput,
+    has_binary: bool,
+    binary: &mut &[u8],
+) -> Result<Tensor> {
     let field = format!("inputs[{index}]");
     let datatype = DataType::parse_field(&input.datatype, &format!("{field}.datatype"))?;
     let expected = element_count(&input.shape)
         .map_err(|e| ServeError::invalid(format!("{field}.shape: {e}")))?;
-    let mut elements = Vec::new();
-    flatten(&input.data, &mut elements);
-    if elements.len() != expected {
-        return Err(ServeError::invalid(format!(
-            "{field}.data: shape {:?} needs {expected} elements but data has {}",
-            input.shape,
-            elements.len()
-        )));
-    }
-    let data = convert(datatype, &elements, &format!("{field}.data"))?;
+    let mut params = parameters(input.parameters, &format!("{field}.parameters"))?;
+    let binary_size = params.remove(BINARY_DATA_SIZE);
+    let data = match (binary_size, input.data) {
+        (Some(_), Some(_)) => {
+            return Err(ServeError::invalid(format!(
+                "{field}: both data and parameters.{BINARY_DATA_SIZE} are given"
+            )));
+        }
+        (Some(size), None) => {
+            let field = format!("{field}.parameters.{BINARY_DATA_SIZE}");
+            if !has_binary {
+                return Err(ServeError::invalid(format!(
+                    "{field}: the request has no binary part (no Inference-Header-Content-Length header)"
+                )));
+            }
+            let size = match size {
+                ParamValue::Int(n) => usize::try_from(n).ok(),
+                ParamValue::Uint(n) => usize::try_from(n).ok(),
+                _ => None,
+            }
+            .ok_or_else(|| {
+                ServeError::invalid(format!("{field}: {size:?} is not a size in bytes"))
+            })?;
+            if size > binary.len() {
+                return Err(ServeError::invalid(format!(
+                    "{field}: {size} bytes claimed but only {} remain in the binary part",
+                    binary.len()
+                )));
+            }
+            let (raw, rest) = binary.split_at(size);
+            *binary = rest;
+            let data = TensorData::from_raw(datatype, raw)
+                .map_err(|e| ServeError::invalid(format!("{field}: {e}")))?;
+            if data.len() != expected {
+                return Err(ServeError::invalid(format!(
+                    "{field}: shape {:?} needs {expected} elements but the binary data holds {}",
+                    input.shape,
+                    data.len()
+                )));
+            }
+            data
+        }
+        (None, data) => {
+            let data = data.ok_or_else(|| {
+                ServeError::invalid(format!(
+                    "{field}: no data (give data, or parameters.{BINARY_DATA_SIZE} with a binary part)"
+                ))
+            })?;
+            let mut elements = Vec::new();
+            flatten(&data, &mut elements);
+            if elements.len() != expected {
+                return Err(ServeError::invalid(format!(
+                    "{field}.data: shape {:?} needs {expected} elements but data has {}",
+                    input.shape,
+                    elements.len()
+                )));
+            }
+            convert(datatype, &elements, &format!("{field}.data"))?
+        }
+    };
     let shape = input.shape.iter().map(|&d| d as usize).collect();
     let mut tensor = Tensor::new(input.name, shape, data)?;
-    tensor.parameters = parameters(input.parameters, &format!("{field}.parameters"))?;
+    tensor.parameters = params;
     Ok(tensor)
 }
 
@@ -210,6 +287,17 @@ fn data_json(data: &TensorData) -> Value {
 
 /// Encodes a response in the protocol's JSON form (flat `data`).
 pub fn encode_infer_response(response: &InferResponse) -> Value {
+    encode_infer_response_parts(response, &|_| false).0
+}
+
+/// Encodes a response, the outputs for which `binary` says so in the binary
+/// part (their JSON carries `parameters.binary_data_size` instead of `data`);
+/// returns the JSON and the binary part.
+pub fn encode_infer_response_parts(
+    response: &InferResponse,
+    binary: &dyn Fn(&str) -> bool,
+) -> (Value, Vec<u8>) {
+    let mut raw = Vec::new();
     let outputs: Vec<Value> = response
         .outputs
         .iter()
@@ -218,10 +306,20 @@ pub fn encode_infer_response(response: &InferResponse) -> Value {
                 "name": t.name,
                 "datatype": t.datatype().as_str(),
                 "shape": t.shape,
-                "data": data_json(&t.data),
             });
-            if !t.parameters.is_empty() {
-                out["parameters"] = parameters_json(&t.parameters);
+            let mut parameters = t.parameters.clone();
+            if binary(&t.name) {
+                let bytes = t.data.to_raw();
+                parameters.insert(
+                    BINARY_DATA_SIZE.to_owned(),
+                    ParamValue::Uint(bytes.len() as u64),
+                );
+                raw.extend_from_slice(&bytes);
+            } else {
+                out["data"] = data_json(&t.data);
+            }
+            if !parameters.is_empty() {
+                out["parameters"] = parameters_json(&parameters);
             }
             out
         })
@@ -237,7 +335,7 @@ pub fn encode_infer_response(response: &InferResponse) -> Value {
     if !response.parameters.is_empty() {
         body["parameters"] = parameters_json(&response.parameters);
     }
-    body
+    (body, raw)
 }
 
 #[cfg(test)]

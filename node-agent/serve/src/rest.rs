@@ -170,20 +170,23 @@ async fn run_infer(
             }
         };
         let outcome = async {
-            if headers.contains_key("inference-header-content-length") {
-                return Err(ServeError::unsupported(
-                    "the binary tensor data extension is not supported; send the tensors as JSON",
-                ));
-            }
             let body = read_body(body, state.limits().max_request_bytes)?;
-            let request = json::decode_infer_request(&body)?;
-            infer::run(&entry, request).await
+            let (json_part, binary_part) = split_binary(&headers, &body)?;
+            let request = json::decode_infer_request_parts(json_part, binary_part)?;
+            let binary = BinaryOutputs::of(&request);
+            Ok((infer::run(&entry, request).await?, binary))
         }
         .await;
         match outcome {
-            Ok(response) => {
+            Ok((response, binary)) => {
                 tracker.finish(Some(&entry), None);
-                Json(json::encode_infer_response(&response)).into_response()
+                if binary.any() {
+                    let (header, raw) =
+                        json::encode_infer_response_parts(&response, &|name| binary.wants(name));
+                    binary_response(&header, raw)
+                } else {
+                    Json(json::encode_infer_response(&response)).into_response()
+                }
             }
             Err(error) => {
                 tracker.finish(Some(&entry), Some(&error));
@@ -193,6 +196,87 @@ async fn run_infer(
     }
     .instrument(span)
     .await
+}
+
+/// The header of the binary tensor data extension: the JSON part's length.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+/// The JSON part and, with the binary extension's header, the binary part of a
+/// request body. The header's length is checked against the body, never
+/// trusted for an allocation.
+fn split_binary<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<(&'a [u8], Option<&'a [u8]>)> {
+    let Some(value) = headers.get(HEADER_LENGTH) else {
+        return Ok((body, None));
+    };
+    let text = value.to_str().unwrap_or_default();
+    let length: usize = text.trim().parse().map_err(|_| {
+        ServeError::invalid(format!(
+            "header Inference-Header-Content-Length: {text:?} is not a length in bytes"
+        ))
+    })?;
+    if length > body.len() {
+        return Err(ServeError::invalid(format!(
+            "header Inference-Header-Content-Length: {length} is longer than the body ({} bytes)",
+            body.len()
+        )));
+    }
+    let (json_part, binary) = body.split_at(length);
+    Ok((json_part, Some(binary)))
+}
+
+/// Which outputs a request wants in the binary part: all of them
+/// (`parameters.binary_data_output`), or those it names with
+/// `outputs[].parameters.binary_data`.
+struct BinaryOutputs {
+    all: bool,
+    named: Vec<String>,
+}
+
+impl BinaryOutputs {
+    fn of(request: &infer::InferRequest) -> Self {
+        let yes = |p: &crate::tensor::Parameters, key: &str| {
+            matches!(p.get(key), Some(crate::tensor::ParamValue::Bool(true)))
+        };
+        Self {
+            all: yes(&request.parameters, "binary_data_output"),
+            named: request
+                .outputs
+                .iter()
+                .filter(|o| yes(&o.parameters, "binary_data"))
+                .map(|o| o.name.clone())
+                .collect(),
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.all || !self.named.is_empty()
+    }
+
+    fn wants(&self, name: &str) -> bool {
+        self.all || self.named.iter().any(|n| n == name)
+    }
+}
+
+/// A response in the binary extension's form: the JSON part, then the raw
+/// outputs, with the JSON part's length in `Inference-Header-Content-Length`.
+fn binary_response(header: &Value, raw: Vec<u8>) -> Response {
+    let mut body = serde_json::to_vec(header).unwrap_or_default();
+    let length = body.len();
+    body.extend_from_slice(&raw);
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/octet-stream".to_owned(),
+            ),
+            (
+                axum::http::HeaderName::from_static(HEADER_LENGTH),
+                length.to_string(),
+            ),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// The body, or a 413 naming the limit / a 400 saying why it could not be read.

@@ -305,6 +305,52 @@ async fn bad_grpc_requests_get_the_matching_status_code_and_a_message() {
         status.message(),
         "raw_input_contents has 2 entries for 1 inputs"
     );
+    // Raw contents that lie, and shapes no tensor can have: refused before
+    // anything is allocated by the claimed size.
+    let raw_cases: Vec<(&str, Vec<i64>, Vec<u8>, &str)> = vec![
+        (
+            "FP32",
+            vec![1],
+            vec![0; 6],
+            "6 bytes is not a whole number of FP32 elements",
+        ),
+        ("FP32", vec![4], vec![0; 4], "shape [4] needs 4 elements"),
+        (
+            "BYTES",
+            vec![1],
+            [200u32.to_le_bytes().as_slice(), b"abc"].concat(),
+            "length 200 but only 3 bytes remain",
+        ),
+        ("BYTES", vec![1], vec![1, 0], "truncated 4-byte length"),
+        ("FP32", vec![-1], vec![0; 4], "negative dimension -1"),
+        (
+            "FP32",
+            vec![1 << 32, 1 << 32, 1 << 32],
+            vec![0; 4],
+            "overflows",
+        ),
+    ];
+    for (datatype, shape, bytes, message) in raw_cases {
+        let model = if datatype == "BYTES" {
+            "embed"
+        } else {
+            "identity"
+        };
+        let name = if datatype == "BYTES" { "text" } else { "x" };
+        let mut req = request(model, "", vec![tensor(name, datatype, shape.clone(), None)]);
+        req.raw_input_contents = vec![bytes];
+        let status = client.model_infer(req).await.expect_err("refused");
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{datatype} {shape:?}: {status:?}"
+        );
+        assert!(
+            status.message().contains(message),
+            "{datatype} {shape:?}: {:?} lacks {message:?}",
+            status.message()
+        );
+    }
 }
 
 #[tokio::test]

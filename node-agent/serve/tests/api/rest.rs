@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::fixtures::{BODY_LIMIT, start};
+use crate::fixtures::{BODY_LIMIT, Reply, Servers, start};
 
 fn bytes_input(texts: &[&str]) -> Value {
     json!({"inputs": [{"name": "text", "shape": [texts.len()], "datatype": "BYTES", "data": texts}]})
@@ -179,6 +179,21 @@ async fn bad_requests_get_a_4xx_that_names_the_problem() {
          json!({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}).to_string().into_bytes(),
          503, "model refused: over the VRAM budget"),
         ("/v2/models/embed/infer", vec![b' '; BODY_LIMIT + 1], 413, "larger than the limit of 65536 bytes"),
+        ("/v2/models/embed/infer",
+         format!(r#"{{"inputs":[{{"name":"text","shape":[1],"datatype":"BYTES","data":{}"a"{}}}]}}"#, "[".repeat(1000), "]".repeat(1000)).into_bytes(),
+         400, "recursion limit exceeded"),
+        ("/v2/models/identity/infer",
+         json!({"inputs": [{"name": "x", "shape": [-1], "datatype": "FP32", "data": [1.0]}]}).to_string().into_bytes(),
+         400, "inputs[0].shape: negative dimension -1"),
+        ("/v2/models/identity/infer",
+         json!({"inputs": [{"name": "x", "shape": [1u64 << 32, 1u64 << 32, 1u64 << 32], "datatype": "FP32", "data": [1.0]}]}).to_string().into_bytes(),
+         400, "overflows"),
+        ("/v2/models/identity/infer",
+         json!({"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1.0, "two"]}]}).to_string().into_bytes(),
+         400, "inputs[0].data[1]: \"two\" is not a valid FP32 value"),
+        ("/v2/models/identity/infer",
+         json!({"inputs": [{"name": "x", "shape": [1], "datatype": "INT8", "data": [300]}]}).to_string().into_bytes(),
+         400, "inputs[0].data[0]: 300 is not a valid INT8 value"),
     ];
     for (path, body, status, message) in cases {
         let reply = http.post_raw(path, &body).await;
@@ -192,7 +207,7 @@ async fn bad_requests_get_a_4xx_that_names_the_problem() {
 }
 
 #[tokio::test]
-async fn unknown_routes_wrong_methods_and_the_binary_extension_are_refused_in_json() {
+async fn unknown_routes_and_wrong_methods_are_refused_in_json() {
     let servers = start().await;
     let missing = servers.http.get("/v3/nothing").await;
     assert_eq!(
@@ -202,17 +217,179 @@ async fn unknown_routes_wrong_methods_and_the_binary_extension_are_refused_in_js
     let wrong = servers.http.get("/v2/models/embed/infer").await;
     assert_eq!(wrong.status, 405);
     assert!(wrong.error().contains("GET"));
-    let binary = servers
+}
+
+/// The raw form of BYTES elements: each behind its 4-byte little-endian length.
+fn raw_bytes(texts: &[&str]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for t in texts {
+        out.extend_from_slice(&(t.len() as u32).to_le_bytes());
+        out.extend_from_slice(t.as_bytes());
+    }
+    out
+}
+
+/// A request in the binary extension's form: `header` JSON, then `binary`.
+async fn binary_call(
+    servers: &Servers,
+    header: &Value,
+    binary: &[u8],
+    claimed: Option<usize>,
+) -> Reply {
+    let json = header.to_string().into_bytes();
+    let length = claimed.unwrap_or(json.len()).to_string();
+    let mut body = json;
+    body.extend_from_slice(binary);
+    servers
+        .http
+        .call(
+            hyper::Method::POST,
+            "/v2/models/embed/infer",
+            body,
+            &[("Inference-Header-Content-Length", &length)],
+        )
+        .await
+}
+
+#[tokio::test]
+async fn the_binary_tensor_extension_carries_inputs_and_outputs_as_tritonclient_sends_them() {
+    let servers = start().await;
+    let raw = raw_bytes(&["abc", "aa"]);
+    let header = json!({"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES",
+                                    "parameters": {"binary_data_size": raw.len()}}],
+                        "outputs": [{"name": "embedding", "parameters": {"binary_data": true}}]});
+    let reply = binary_call(&servers, &header, &raw, None).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let length: usize = reply.headers["inference-header-content-length"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("a length");
+    let (json_part, binary) = reply.body.split_at(length);
+    let json_part: Value = serde_json::from_slice(json_part).expect("JSON part");
+    let output = &json_part["outputs"][0];
+    assert_eq!(output["parameters"]["binary_data_size"], 24, "{json_part}");
+    assert!(
+        output.get("data").is_none(),
+        "the data is in the binary part"
+    );
+    let floats: Vec<f32> = binary
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(
+        floats,
+        vec![3.0, 1.0, 1.0, 2.0, 2.0, 1.0],
+        "the same rows as in JSON"
+    );
+    // Binary in, JSON out.
+    let header = json!({"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES",
+                                    "parameters": {"binary_data_size": raw.len()}}]});
+    let reply = binary_call(&servers, &header, &raw, None).await;
+    assert_eq!(
+        reply.json()["outputs"][0]["data"],
+        json!([3.0, 1.0, 1.0, 2.0, 2.0, 1.0])
+    );
+}
+
+#[tokio::test]
+async fn binary_parts_that_lie_about_their_lengths_get_400_never_a_read_past_the_body() {
+    let servers = start().await;
+    let raw = raw_bytes(&["abc"]);
+    let input = |size: Value| {
+        json!({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
+                                                "parameters": {"binary_data_size": size}}]})
+    };
+    let mut past = raw.clone();
+    past[0] = 200; // a BYTES element claiming 200 bytes of a 7-byte part
+    let cases: Vec<(Value, Vec<u8>, Option<usize>, &str)> = vec![
+        (
+            input(json!(raw.len())),
+            raw.clone(),
+            Some(1 << 40),
+            "longer than the body",
+        ),
+        (
+            input(json!(1u64 << 40)),
+            raw.clone(),
+            None,
+            "bytes claimed but only 7 remain",
+        ),
+        (
+            input(json!(-1)),
+            raw.clone(),
+            None,
+            "is not a size in bytes",
+        ),
+        (input(json!(3)), raw.clone(), None, "truncated"),
+        (
+            input(json!(raw.len())),
+            past,
+            None,
+            "length 200 but only 3 bytes remain",
+        ),
+        (
+            input(json!(raw.len())),
+            [raw.as_slice(), b"xyz"].concat(),
+            None,
+            "3 bytes that no input's binary_data_size claims",
+        ),
+        (
+            json!({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a"],
+                            "parameters": {"binary_data_size": 7}}]}),
+            raw.clone(),
+            None,
+            "both data and",
+        ),
+        (
+            json!({"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES",
+                            "parameters": {"binary_data_size": 7}}]}),
+            raw.clone(),
+            None,
+            "needs 2 elements but the binary data holds 1",
+        ),
+        (
+            json!({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES"}]}),
+            Vec::new(),
+            None,
+            "no data",
+        ),
+    ];
+    for (header, binary, claimed, message) in cases {
+        let reply = binary_call(&servers, &header, &binary, claimed).await;
+        assert_eq!(reply.status, 400, "{header}: {:?}", reply.body);
+        assert!(
+            reply.error().contains(message),
+            "{header}: {:?} lacks {message:?}",
+            reply.error()
+        );
+    }
+    // A size without a binary part, and a header that is not a number.
+    let reply = servers
+        .http
+        .post("/v2/models/embed/infer", &input(json!(7)))
+        .await;
+    assert_eq!(reply.status, 400);
+    assert!(
+        reply.error().contains("no binary part"),
+        "{}",
+        reply.error()
+    );
+    let reply = servers
         .http
         .call(
             hyper::Method::POST,
             "/v2/models/embed/infer",
             b"{}".to_vec(),
-            &[("Inference-Header-Content-Length", "2")],
+            &[("Inference-Header-Content-Length", "ten")],
         )
         .await;
-    assert_eq!(binary.status, 501);
-    assert!(binary.error().contains("binary tensor data extension"));
+    assert_eq!(reply.status, 400);
+    assert!(
+        reply.error().contains("is not a length in bytes"),
+        "{}",
+        reply.error()
+    );
 }
 
 #[tokio::test]
