@@ -39,7 +39,7 @@ async fn run_in_cluster(args: config::RunArgs) -> anyhow::Result<()> {
         kernels = node::kernels(),
         "agent starting"
     );
-    let client = gogrid_runtime::kube_client::client()
+    let client = gogrid_runtime::kube_client::client("gogrid-agent", &args.node_name)
         .await
         .context("building a Kubernetes client")?;
     // A signal starts the drain: the GpuNode says nothing is ready, the
@@ -85,6 +85,7 @@ async fn run_in_cluster(args: config::RunArgs) -> anyhow::Result<()> {
         node::Listen {
             http: args.http_addr,
             grpc: args.grpc_addr,
+            after: Some(ready.clone()),
         },
         metrics.clone(),
         outputs,
@@ -164,6 +165,7 @@ async fn run_standalone(args: config::ServeArgs) -> anyhow::Result<()> {
         node::Listen {
             http: file.listen.http,
             grpc: file.listen.grpc,
+            after: None,
         },
         metrics.clone(),
         outputs,

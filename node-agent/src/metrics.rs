@@ -71,9 +71,12 @@ pub struct DeploymentLabels {
     pub deployment: String,
 }
 
-/// How fast traffic splits take effect on this agent.
+/// How fast traffic splits take effect on this agent, and what it loaded.
 #[derive(Clone, Debug)]
 pub struct SplitMetrics {
+    /// Model versions loaded (a restart of the operator must not load any
+    /// twice: the fault tests read this).
+    pub loads: Family<VersionLabels, Counter>,
     /// Seconds from a deployment change reaching the agent to its split routing.
     pub apply: Histogram,
     /// When each deployment's split last changed (Unix time, seconds).
@@ -167,6 +170,12 @@ impl Default for Metrics {
             Unit::Seconds,
             split_apply.clone(),
         );
+        let loads = Family::<VersionLabels, Counter>::default();
+        registry.register(
+            "pipeline_loads",
+            "Model versions loaded, by deployment and version",
+            loads.clone(),
+        );
         let applied_at =
             Family::<DeploymentLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         registry.register_with_unit(
@@ -238,6 +247,7 @@ impl Default for Metrics {
             traffic_weight,
             gpunode_writes,
             split: SplitMetrics {
+                loads,
                 apply: split_apply,
                 applied_at,
             },

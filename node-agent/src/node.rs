@@ -31,13 +31,24 @@ use crate::sync::deployments::Desired;
 const POLL: Duration = Duration::from_secs(5);
 
 /// Where the inference servers listen.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Listen {
     /// REST.
     pub http: SocketAddr,
     /// gRPC.
     pub grpc: SocketAddr,
+    /// Bind only once this is set (or after [`BIND_AT_THE_LATEST`]): in a
+    /// cluster, once the GpuNode has said what this process serves. An agent
+    /// that restarts after a crash would otherwise answer 404 for its models
+    /// while the EndpointSlices still list it as ready from its previous
+    /// life; until it binds, a connection is refused and the client sends
+    /// the request elsewhere.
+    pub after: Option<gogrid_runtime::http::Readiness>,
 }
+
+/// The longest the servers wait for [`Listen::after`] (the API server may be
+/// down: the node must serve anyway).
+pub const BIND_AT_THE_LATEST: Duration = Duration::from_secs(10);
 
 /// What the node core is fed.
 #[derive(Debug)]
@@ -217,6 +228,15 @@ pub async fn run(
         .with_stats_every(stats_every)
         .with_split_metrics(metrics.split.clone());
     let state = ServeState::new(registry, Limits::default());
+    if let Some(reported) = &listen.after {
+        let deadline = Instant::now() + BIND_AT_THE_LATEST;
+        while !reported.get() && Instant::now() < deadline {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = shutdown.wait() => return Ok(()),
+            }
+        }
+    }
     let http = tokio::net::TcpListener::bind(listen.http)
         .await
         .with_context(|| format!("binding the REST server to {}", listen.http))?;

@@ -128,6 +128,7 @@ async fn layers_are_placed_over_the_gpus_the_spec_asks_for() {
     let listen = node::Listen {
         http: free_port(),
         grpc: free_port(),
+        after: None,
     };
     let shutdown = Shutdown::default();
     let core = tokio::spawn(node::run(
@@ -137,7 +138,7 @@ async fn layers_are_placed_over_the_gpus_the_spec_asks_for() {
             desired: desired_rx,
             stats_every: std::time::Duration::from_secs(10),
         },
-        listen,
+        listen.clone(),
         Arc::new(Metrics::default()),
         outputs,
         shutdown.clone(),

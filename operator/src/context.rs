@@ -26,6 +26,18 @@ pub struct Stores {
     pub deployments: Store<InferenceDeployment>,
 }
 
+impl Stores {
+    /// Waits until every cache holds its first list.
+    pub async fn wait_until_ready(
+        &self,
+    ) -> Result<(), kube::runtime::reflector::store::WriterDropped> {
+        self.nodes.wait_until_ready().await?;
+        self.profiles.wait_until_ready().await?;
+        self.gpunodes.wait_until_ready().await?;
+        self.deployments.wait_until_ready().await
+    }
+}
+
 impl std::fmt::Debug for Stores {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Stores")
@@ -50,6 +62,8 @@ pub struct Context {
     pub events: EventReporter,
     /// Read caches; `None` until the controllers start them.
     pub stores: Option<Stores>,
+    /// True once every cache holds its first list.
+    filled: Arc<tokio::sync::watch::Sender<bool>>,
     backoff: Arc<Mutex<HashMap<String, u32>>>,
     service_monitor_served: Arc<Mutex<Option<(Instant, bool)>>>,
 }
@@ -73,6 +87,7 @@ impl Context {
             metrics,
             events,
             stores: None,
+            filled: Arc::new(tokio::sync::watch::channel(false).0),
             backoff: Arc::default(),
             service_monitor_served: Arc::default(),
         }
@@ -86,6 +101,7 @@ impl Context {
             metrics: Arc::new(Metrics::default()),
             events: EventReporter::disabled(),
             stores: Some(stores),
+            filled: Arc::new(tokio::sync::watch::channel(true).0),
             backoff: Arc::default(),
             service_monitor_served: Arc::new(Mutex::new(Some((Instant::now(), false)))),
         }
@@ -97,6 +113,19 @@ impl Context {
         self.stores
             .as_ref()
             .unwrap_or_else(|| unreachable!("stores are set before controllers start"))
+    }
+
+    /// Waits until the read caches hold their first list: a reconcile must
+    /// not place, label or judge from a partial view. Returns at once after.
+    pub async fn caches_ready(&self) {
+        // A closed channel means the operator is stopping; the reconcile then
+        // sees what there is.
+        let _ = self.filled.subscribe().wait_for(|filled| *filled).await;
+    }
+
+    /// Says that every cache holds its first list.
+    pub fn set_caches_filled(&self) {
+        self.filled.send_replace(true);
     }
 
     /// Next retry delay for a failing object: 1 s doubling to 5 min.

@@ -38,15 +38,32 @@ where
     F: Fn(CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let manager = LeaseManagerBuilder::new(client, LEASE_NAME)
-        .with_namespace(election.namespace.clone())
-        .with_identity(election.identity.clone())
-        .with_duration(election.duration_seconds)
-        .with_grace((election.duration_seconds / 3).max(1))
-        .with_field_manager(OPERATOR_MANAGER)
-        .build()
-        .await
-        .context("setting up the leader-election Lease")?;
+    // The API server may be out of reach when the operator starts (a
+    // restart during an outage): wait for it, as a controller start does,
+    // rather than end the process.
+    let mut backoff = std::time::Duration::from_secs(1);
+    let manager = loop {
+        let built = LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
+            .with_namespace(election.namespace.clone())
+            .with_identity(election.identity.clone())
+            .with_duration(election.duration_seconds)
+            .with_grace((election.duration_seconds / 3).max(1))
+            .with_field_manager(OPERATOR_MANAGER)
+            .build()
+            .await
+            .context("setting up the leader-election Lease");
+        match built {
+            Ok(m) => break m,
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), retry_in = ?backoff, "cannot reach the Lease yet");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.wait() => return Ok(()),
+                }
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+            }
+        }
+    };
     let (mut leading, task) = manager.watch().await;
     tracing::info!(identity = %election.identity, lease = LEASE_NAME, namespace = %election.namespace, "waiting to lead");
 

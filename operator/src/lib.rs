@@ -27,7 +27,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn run_operator(args: config::RunArgs) -> anyhow::Result<()> {
-    let client = gogrid_runtime::kube_client::client()
+    let election = args.leader_election();
+    let client = gogrid_runtime::kube_client::client("gogrid-operator", &election.identity)
         .await
         .context("building a Kubernetes client")?;
     let shutdown = gogrid_runtime::Shutdown::on_signals();
@@ -40,7 +41,7 @@ async fn run_operator(args: config::RunArgs) -> anyhow::Result<()> {
     let config = args.operator_config();
     let work = leader::run_while_leader(
         client.clone(),
-        args.leader_election(),
+        election,
         metrics.clone(),
         shutdown.clone(),
         move |leading| {

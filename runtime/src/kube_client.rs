@@ -11,10 +11,34 @@ use std::time::Duration;
 pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A client from the kubeconfig or the in-cluster service account, with
-/// [`READ_TIMEOUT`] counted from each request sent.
-pub async fn client() -> anyhow::Result<kube::Client> {
+/// [`READ_TIMEOUT`] counted from each request sent, that names itself in
+/// its User-Agent as `<program>/<version> (<identity>)`: the API server's
+/// audit log then tells which replica or which node's agent sent a request.
+pub async fn client(program: &str, identity: &str) -> anyhow::Result<kube::Client> {
     let mut config = kube::Config::infer().await?;
     config.read_timeout = Some(READ_TIMEOUT);
     config.reset_reader_on_write = true;
+    let agent = format!("{program}/{} ({identity})", env!("CARGO_PKG_VERSION"));
+    if let Ok(value) = http::HeaderValue::from_str(&agent) {
+        config.headers.push((http::header::USER_AGENT, value));
+    }
     Ok(kube::Client::try_from(config)?)
+}
+
+/// How a failed watch waits before it watches again: 250 ms doubling to 5 s
+/// with jitter, back to 250 ms after two minutes without a failure. kube's
+/// default goes up to 30 s, so after a long API outage a watch could sit out
+/// half a minute after the API server was back.
+pub fn watch_backoff() -> impl kube::runtime::utils::Backoff {
+    kube::runtime::utils::ResetTimerBackoff::new(
+        kube::runtime::watcher::ExponentialBackoff::from(
+            backon::ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(250))
+                .with_max_delay(Duration::from_secs(5))
+                .with_factor(2.0)
+                .with_jitter()
+                .without_max_times(),
+        ),
+        Duration::from_secs(120),
+    )
 }

@@ -297,6 +297,15 @@ impl Manager {
                         })
                         .collect();
                     tracing::info!(deployment = %key, model = %name, version = %model.version, bytes = status.vram_bytes, "loaded and serving");
+                    if let Some(m) = &self.split_metrics {
+                        m.loads
+                            .get_or_create(&crate::metrics::VersionLabels {
+                                namespace: key.namespace.clone(),
+                                deployment: key.name.clone(),
+                                version: model.version.clone(),
+                            })
+                            .inc();
+                    }
                 }
                 self.entries.insert(
                     id,

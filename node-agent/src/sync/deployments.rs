@@ -152,7 +152,7 @@ pub async fn follow(
         api,
         watcher::Config::default().timeout(super::WATCH_TIMEOUT_SECONDS),
     )
-    .default_backoff()
+    .backoff(gogrid_runtime::kube_client::watch_backoff())
     .reflect(writer);
     let mut stream = std::pin::pin!(stream);
     loop {

@@ -32,17 +32,19 @@ pub async fn follow(
     let config = watcher::Config::default()
         .timeout(super::WATCH_TIMEOUT_SECONDS)
         .fields(&format!("metadata.name={name}"));
-    let specs = watcher(api, config).default_backoff().filter_map(|event| {
-        futures::future::ready(match event {
-            Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => Some(Some(p.spec)),
-            Ok(watcher::Event::Delete(_)) => Some(None),
-            Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
-            Err(e) => {
-                tracing::warn!(error = %e, "watching the profile failed; retrying");
-                None
-            }
-        })
-    });
+    let specs = watcher(api, config)
+        .backoff(gogrid_runtime::kube_client::watch_backoff())
+        .filter_map(|event| {
+            futures::future::ready(match event {
+                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => Some(Some(p.spec)),
+                Ok(watcher::Event::Delete(_)) => Some(None),
+                Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "watching the profile failed; retrying");
+                    None
+                }
+            })
+        });
     publish_loop(&name, specs, tx, shutdown).await
 }
 

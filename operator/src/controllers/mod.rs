@@ -25,14 +25,40 @@ use crate::context::{Context, Stores};
 /// watch) is noticed within this bound instead of kube's default 290 s.
 pub const WATCH_TIMEOUT_SECONDS: u32 = 30;
 
-/// Watcher settings of every controller and cache (errors back off 0.8 s to
-/// 30 s, kube's default).
+/// Watcher settings of every controller and cache (errors back off 0.25 s to
+/// 5 s: `gogrid_runtime::kube_client::watch_backoff`).
 pub fn watcher_config() -> watcher::Config {
     watcher::Config::default().timeout(WATCH_TIMEOUT_SECONDS)
 }
 
-/// A reflector store fed by a background task until `stop`.
-fn cache<K>(api: Api<K>, stop: &CancellationToken) -> reflector::Store<K>
+/// How many changes a subscriber of a shared watch may lag behind.
+const SUBSCRIBER_BUFFER: usize = 4096;
+
+/// A watch of `api` with the operator's settings and backoff.
+pub fn watch<K>(
+    api: Api<K>,
+) -> impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    watcher(api, watcher_config()).backoff(gogrid_runtime::kube_client::watch_backoff())
+}
+
+/// One watch of a kind, shared by the read cache and every controller that
+/// follows the kind: the API server serves one watch per kind to the
+/// operator, and the operator keeps one copy of each object.
+pub struct SharedWatch<K: Resource<DynamicType = ()> + Clone + 'static> {
+    reader: reflector::Store<K>,
+    writer: reflector::store::Writer<K>,
+}
+
+impl<K: Resource<DynamicType = ()> + Clone + 'static> std::fmt::Debug for SharedWatch<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedWatch").finish_non_exhaustive()
+    }
+}
+
+impl<K> SharedWatch<K>
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -42,20 +68,58 @@ where
         + Sync
         + 'static,
 {
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, watcher_config())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects()
-        .for_each(|_| future::ready(()));
-    let stop = stop.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = stream => {}
-            _ = stop.cancelled() => {}
-        }
-    });
-    reader
+    fn new() -> Self {
+        let (reader, writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
+        Self { reader, writer }
+    }
+
+    /// The changes, for a controller; subscribe before [`SharedWatch::start`].
+    pub fn subscribe(&self) -> reflector::ReflectHandle<K> {
+        self.writer
+            .subscribe()
+            .unwrap_or_else(|| unreachable!("a shared store always has subscribers"))
+    }
+
+    /// Watches `api` into the cache until `stop`; returns the cache.
+    fn start(self, api: Api<K>, stop: &CancellationToken) -> reflector::Store<K> {
+        let stream = watch(api)
+            .reflect_shared(self.writer)
+            .for_each(|_| future::ready(()));
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stream => {}
+                _ = stop.cancelled() => {}
+            }
+        });
+        self.reader
+    }
+}
+
+/// The shared watches' subscriptions, one per controller that follows a kind.
+pub struct Subscriptions {
+    /// Nodes, for the node labeller (its own kind).
+    pub nodes_for_labeller: reflector::ReflectHandle<Node>,
+    /// Nodes, for the profile controller (matched nodes).
+    pub nodes_for_profiles: reflector::ReflectHandle<Node>,
+    /// Nodes, for the deployment controller (placement).
+    pub nodes_for_deployments: reflector::ReflectHandle<Node>,
+    /// Profiles, for the node labeller (winners).
+    pub profiles_for_labeller: reflector::ReflectHandle<ResourceProfile>,
+    /// Profiles, for the profile controller (its own kind).
+    pub profiles: reflector::ReflectHandle<ResourceProfile>,
+    /// Profiles, for the deployment controller.
+    pub profiles_for_deployments: reflector::ReflectHandle<ResourceProfile>,
+    /// GpuNodes, for the deployment controller (readiness, budgets, stats).
+    pub gpunodes: reflector::ReflectHandle<GpuNode>,
+    /// InferenceDeployments, for their controller.
+    pub deployments: reflector::ReflectHandle<InferenceDeployment>,
+}
+
+impl std::fmt::Debug for Subscriptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriptions").finish_non_exhaustive()
+    }
 }
 
 async fn wait_for_crds(client: &kube::Client, stop: &CancellationToken) -> anyhow::Result<bool> {
@@ -83,25 +147,31 @@ pub async fn run(
         return Ok(());
     }
     let client = ctx.client.clone();
-    let stores = Stores {
-        nodes: cache(Api::<Node>::all(client.clone()), &stop),
-        profiles: cache(Api::<ResourceProfile>::all(client.clone()), &stop),
-        gpunodes: cache(Api::<GpuNode>::all(client.clone()), &stop),
-        deployments: cache(Api::<InferenceDeployment>::all(client.clone()), &stop),
+    let (nodes, profiles, gpunodes, deployments) = (
+        SharedWatch::<Node>::new(),
+        SharedWatch::<ResourceProfile>::new(),
+        SharedWatch::<GpuNode>::new(),
+        SharedWatch::<InferenceDeployment>::new(),
+    );
+    // Every subscription exists before its watch starts, so that each
+    // controller sees every object of the first list.
+    let subs = Subscriptions {
+        nodes_for_labeller: nodes.subscribe(),
+        nodes_for_profiles: nodes.subscribe(),
+        nodes_for_deployments: nodes.subscribe(),
+        profiles_for_labeller: profiles.subscribe(),
+        profiles: profiles.subscribe(),
+        profiles_for_deployments: profiles.subscribe(),
+        gpunodes: gpunodes.subscribe(),
+        deployments: deployments.subscribe(),
     };
-    tokio::select! {
-        r = async {
-            stores.nodes.wait_until_ready().await?;
-            stores.profiles.wait_until_ready().await?;
-            stores.gpunodes.wait_until_ready().await?;
-            stores.deployments.wait_until_ready().await
-        } => r.context("filling the caches")?,
-        _ = stop.cancelled() => return Ok(()),
-    }
-    tracing::info!(?stores, "caches filled; starting controllers");
-    ctx.stores = Some(stores);
-    http.set_ready(true);
-
+    let stores = Stores {
+        nodes: nodes.start(Api::all(client.clone()), &stop),
+        profiles: profiles.start(Api::all(client.clone()), &stop),
+        gpunodes: gpunodes.start(Api::all(client.clone()), &stop),
+        deployments: deployments.start(Api::all(client.clone()), &stop),
+    };
+    ctx.stores = Some(stores.clone());
     let shutdown = {
         let stop = stop.clone();
         move || {
@@ -109,12 +179,45 @@ pub async fn run(
             async move { stop.cancelled().await }
         }
     };
-    tokio::join!(
-        node::run(ctx.clone(), shutdown()),
-        profile::run(ctx.clone(), shutdown()),
-        deployment::run(ctx.clone(), shutdown()),
+    // The controllers consume their subscriptions from the start (a shared
+    // watch waits for its slowest subscriber); a reconcile waits until
+    // every cache holds its first list (`Context::caches_ready`).
+    let ready = async {
+        tokio::select! {
+            r = stores.wait_until_ready() => r.context("filling the caches")?,
+            _ = stop.cancelled() => return anyhow::Ok(()),
+        }
+        tracing::info!(?stores, "caches filled; controllers reconciling");
+        ctx.set_caches_filled();
+        http.set_ready(true);
+        Ok(())
+    };
+    let (ready, (), (), ()) = tokio::join!(
+        ready,
+        node::run(
+            ctx.clone(),
+            subs.nodes_for_labeller,
+            subs.profiles_for_labeller,
+            shutdown()
+        ),
+        profile::run(
+            ctx.clone(),
+            subs.profiles,
+            subs.nodes_for_profiles,
+            shutdown()
+        ),
+        deployment::run(
+            ctx.clone(),
+            deployment::Streams {
+                deployments: subs.deployments,
+                gpunodes: subs.gpunodes,
+                profiles: subs.profiles_for_deployments,
+                nodes: subs.nodes_for_deployments,
+            },
+            shutdown()
+        ),
     );
-    Ok(())
+    ready
 }
 
 /// The one error policy of every controller: count the failure, log it, tell

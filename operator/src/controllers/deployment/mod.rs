@@ -15,10 +15,11 @@ use futures::StreamExt;
 use gogrid_crds::conditions;
 use gogrid_crds::labels::PROFILE_LABEL;
 use gogrid_crds::{GpuNode, InferenceDeployment, ResourceProfile};
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, ReflectHandle, Store};
 use kube::{Api, Resource, ResourceExt};
 
 use crate::context::Context;
@@ -55,50 +56,61 @@ fn short_of_nodes(d: &InferenceDeployment) -> bool {
         .is_none_or(|s| !conditions::is_true(&s.conditions, conditions::READY))
 }
 
+/// The shared watches the controller follows.
+pub struct Streams {
+    /// Its own kind.
+    pub deployments: ReflectHandle<InferenceDeployment>,
+    /// Agents' readiness, budgets and stats.
+    pub gpunodes: ReflectHandle<GpuNode>,
+    /// Profiles (a deployment names one).
+    pub profiles: ReflectHandle<ResourceProfile>,
+    /// Nodes (placement).
+    pub nodes: ReflectHandle<Node>,
+}
+
+impl std::fmt::Debug for Streams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streams").finish_non_exhaustive()
+    }
+}
+
 /// Run until `shutdown` resolves.
 pub async fn run(
     ctx: Context,
+    streams: Streams,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let controller = Controller::new(
-        Api::<InferenceDeployment>::all(client.clone()),
-        super::watcher_config(),
-    );
-    let (s1, s2, s3) = (controller.store(), controller.store(), controller.store());
-    controller
-        .owns(Api::<Service>::all(client.clone()), super::watcher_config())
-        .owns(
-            Api::<EndpointSlice>::all(client.clone()),
-            super::watcher_config(),
-        )
-        .watches(
-            Api::<GpuNode>::all(client.clone()),
-            super::watcher_config(),
-            move |g| {
-                let node = g.name_any();
-                refs_where(&s1, |d| placed_on(d, &node) || short_of_nodes(d))
-            },
-        )
-        .watches(
-            Api::<ResourceProfile>::all(client.clone()),
-            super::watcher_config(),
-            move |rp| {
-                let name = rp.name_any();
-                refs_where(&s2, |d| d.spec.profile == name)
-            },
-        )
-        .watches(
-            Api::<Node>::all(client),
-            super::watcher_config(),
-            move |n| {
-                let node = n.name_any();
-                let profile = n.labels().get(PROFILE_LABEL).cloned();
-                refs_where(&s3, |d| {
-                    placed_on(d, &node) || Some(&d.spec.profile) == profile.as_ref()
+    let store = ctx.stores().deployments.clone();
+    let (s1, s2, s3, s4) = (store.clone(), store.clone(), store.clone(), store.clone());
+    Controller::for_shared_stream(streams.deployments, store)
+        .owns_stream(super::watch(Api::<Service>::all(client.clone())).touched_objects())
+        .owns_stream(super::watch(Api::<EndpointSlice>::all(client.clone())).touched_objects())
+        .watches_shared_stream(streams.gpunodes, move |g| {
+            let node = g.name_any();
+            refs_where(&s1, |d| placed_on(d, &node) || short_of_nodes(d))
+        })
+        .watches_shared_stream(streams.profiles, move |rp| {
+            let name = rp.name_any();
+            refs_where(&s2, |d| d.spec.profile == name)
+        })
+        // A claim created (or deleted) after the deployment that names it.
+        .watches_stream(
+            super::watch(Api::<PersistentVolumeClaim>::all(client.clone())).touched_objects(),
+            move |pvc| {
+                let (ns, name) = (pvc.namespace(), pvc.name_any());
+                refs_where(&s4, |d| {
+                    d.namespace() == ns && claims(&d.spec).iter().any(|(_, c)| *c == name)
                 })
             },
         )
+        .watches_shared_stream(streams.nodes, move |n| {
+            let node = n.name_any();
+            let profile = n.labels().get(PROFILE_LABEL).cloned();
+            refs_where(&s3, |d| {
+                placed_on(d, &node) || Some(&d.spec.profile) == profile.as_ref()
+            })
+        })
         // A short debounce folds a burst of GpuNode writes (every agent
         // reporting a new split at once) into one reconcile, without adding
         // much to the time an edit takes to reach the agents.
@@ -109,11 +121,56 @@ pub async fn run(
         .await;
 }
 
+/// The PersistentVolumeClaims the spec's model sources name, with the field
+/// that names each.
+fn claims(spec: &gogrid_crds::InferenceDeploymentSpec) -> Vec<(String, String)> {
+    let models = [
+        ("spec.model", Some(&spec.model)),
+        ("spec.rollout.canary.model", spec.canary_model()),
+        ("spec.rollout.blueGreen.preview.model", spec.preview_model()),
+    ];
+    models
+        .into_iter()
+        .filter_map(|(field, m)| {
+            let pvc = m?.source.pvc.as_ref()?;
+            Some((
+                format!("{field}.source.pvc.claimName"),
+                pvc.claim_name.clone(),
+            ))
+        })
+        .collect()
+}
+
+/// The claims the spec names that do not exist (the API server cannot check
+/// a reference; the deployment says so in a condition and an Event).
+async fn missing_claims(
+    ctx: &Context,
+    ns: &str,
+    spec: &gogrid_crds::InferenceDeploymentSpec,
+) -> Result<Vec<(String, String)>> {
+    let wanted = claims(spec);
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    let mut missing = Vec::new();
+    for (field, claim) in wanted {
+        let found = api.get_opt(&claim).await.map_err(Error::kube(format!(
+            "reading PersistentVolumeClaim {ns}/{claim}"
+        )))?;
+        if found.is_none() {
+            missing.push((field, claim));
+        }
+    }
+    Ok(missing)
+}
+
 /// How long the controller waits for more events before reconciling.
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// Bring placement, children and status in line with the spec.
 pub async fn reconcile(infd: Arc<InferenceDeployment>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.caches_ready().await;
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let now = jiff::Timestamp::now();
     let ns = infd
@@ -186,8 +243,10 @@ pub async fn reconcile(infd: Arc<InferenceDeployment>, ctx: Arc<Context>) -> Res
     apply::apply(&ctx, &infd, &children).await?;
 
     let failures = pipeline_failures(&infd, &placed.nodes, &gpunodes);
+    let missing_claims = missing_claims(&ctx, &ns, &infd.spec).await?;
     let observed = status::Observed {
         profile_found,
+        missing_claims,
         placement: placed,
         traffic,
         rollout,

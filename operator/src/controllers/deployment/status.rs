@@ -20,6 +20,9 @@ use crate::{Error, Result};
 pub struct Observed {
     /// Whether the named ResourceProfile exists.
     pub profile_found: bool,
+    /// PersistentVolumeClaims the spec names that do not exist: the field
+    /// that names each, and the claim.
+    pub missing_claims: Vec<(String, String)>,
     /// The placement.
     pub placement: Placement,
     /// The split the agents are told to route.
@@ -66,6 +69,13 @@ pub fn desired(
             conditions::DEGRADED,
             "ProfileNotFound",
             format!("ResourceProfile {profile:?} does not exist"),
+        )
+    } else if let Some((field, claim)) = o.missing_claims.first() {
+        let ns = infd.metadata.namespace.as_deref().unwrap_or_default();
+        Desired::yes(
+            conditions::DEGRADED,
+            "PvcNotFound",
+            format!("{field}: PersistentVolumeClaim {claim:?} does not exist in namespace {ns}"),
         )
     } else if let Some(s) = &o.placement.shortfall {
         Desired::yes(conditions::DEGRADED, "InsufficientCapacity", s.message())
@@ -220,6 +230,7 @@ mod tests {
     fn observed(placed: &[&str], ready: i32) -> Observed {
         Observed {
             profile_found: true,
+            missing_claims: Vec::new(),
             placement: Placement {
                 nodes: placed
                     .iter()

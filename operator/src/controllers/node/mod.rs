@@ -11,7 +11,7 @@ use gogrid_crds::labels::{OPERATOR_MANAGER, PROFILE_LABEL};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, ReflectHandle};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
@@ -20,18 +20,19 @@ use crate::{Error, Result};
 
 const CONTROLLER: &str = "node";
 
-/// Run until `shutdown` resolves.
+/// Run until `shutdown` resolves, on the shared watches of Nodes and profiles.
 pub async fn run(
     ctx: Context,
+    nodes: ReflectHandle<Node>,
+    profiles: ReflectHandle<ResourceProfile>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let nodes: Api<Node> = Api::all(ctx.client.clone());
-    let profiles: Api<ResourceProfile> = Api::all(ctx.client.clone());
     let node_store = ctx.stores().nodes.clone();
-    Controller::new(nodes, super::watcher_config())
-        .watches(profiles, super::watcher_config(), move |_profile| {
+    let all_nodes = node_store.clone();
+    Controller::for_shared_stream(nodes, node_store)
+        .watches_shared_stream(profiles, move |_profile| {
             // Any profile change can move any node.
-            node_store
+            all_nodes
                 .state()
                 .into_iter()
                 .map(|n| ObjectRef::from_obj(&*n))
@@ -45,6 +46,7 @@ pub async fn run(
 
 /// The label the node should carry, applied if it differs.
 pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.caches_ready().await;
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let profiles = ctx.stores().profiles.state();
     let desired = assign::winner(node.labels(), profiles.iter().map(|p| p.as_ref()));

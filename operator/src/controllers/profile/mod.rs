@@ -14,8 +14,9 @@ use futures::StreamExt;
 use gogrid_crds::ResourceProfile;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Node;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, ReflectHandle};
 use kube::{Api, Resource, ResourceExt};
 
 use crate::context::Context;
@@ -26,19 +27,18 @@ pub(crate) const CONTROLLER: &str = "resourceprofile";
 /// Run until `shutdown` resolves.
 pub async fn run(
     ctx: Context,
+    profiles: ReflectHandle<ResourceProfile>,
+    nodes: ReflectHandle<Node>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let profiles: Api<ResourceProfile> = Api::all(ctx.client.clone());
     let daemonsets: Api<DaemonSet> =
         Api::namespaced(ctx.client.clone(), &ctx.config.agent_namespace);
-    let nodes: Api<Node> = Api::all(ctx.client.clone());
-    let controller = Controller::new(profiles, super::watcher_config());
-    let store = controller.store();
-    controller
-        .owns(daemonsets, super::watcher_config())
-        .watches(nodes, super::watcher_config(), move |_node| {
-            store
-                .state()
+    let store = ctx.stores().profiles.clone();
+    let all = store.clone();
+    Controller::for_shared_stream(profiles, store)
+        .owns_stream(super::watch(daemonsets).touched_objects())
+        .watches_shared_stream(nodes, move |_node| {
+            all.state()
                 .into_iter()
                 .map(|p| ObjectRef::from_obj(&*p))
                 .collect::<Vec<_>>()
@@ -54,6 +54,7 @@ pub async fn run(
 
 /// Bring the profile's DaemonSet and status in line with its spec.
 pub async fn reconcile(profile: Arc<ResourceProfile>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.caches_ready().await;
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let now = jiff::Timestamp::now();
     let name = profile.name_any();
