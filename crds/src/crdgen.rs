@@ -9,13 +9,52 @@ use crate::{GpuNode, InferenceDeployment, ResourceProfile};
 /// Folder of the CRD templates, relative to the repository root.
 pub const CHART_CRD_DIR: &str = "charts/gogrid/templates/crds";
 
+/// The longest ResourceProfile name: it names the agent DaemonSet
+/// (`gogrid-agent-<profile>`, within the 63 characters of a label value).
+pub const PROFILE_NAME_MAX: i64 = 50;
+/// The longest InferenceDeployment name: it names its Services
+/// (`<name>-preview` within the 63 characters of a DNS label).
+pub const DEPLOYMENT_NAME_MAX: i64 = 55;
+
 /// Every CRD this crate defines.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![
-        ResourceProfile::crd(),
-        InferenceDeployment::crd(),
+        with_name_limit(ResourceProfile::crd(), PROFILE_NAME_MAX),
+        with_name_limit(InferenceDeployment::crd(), DEPLOYMENT_NAME_MAX),
         GpuNode::crd(),
     ]
+}
+
+/// Bounds `metadata.name` in the schema (the one restriction of metadata a
+/// CRD may carry), so that the API server refuses a longer name with 422 and
+/// `causes[].field` = `metadata.name`, as for any other bound.
+fn with_name_limit(mut crd: CustomResourceDefinition, max: i64) -> CustomResourceDefinition {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps;
+    for version in &mut crd.spec.versions {
+        let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        else {
+            continue;
+        };
+        let name = JSONSchemaProps {
+            type_: Some("string".into()),
+            max_length: Some(max),
+            description: Some(format!("At most {max} characters.")),
+            ..JSONSchemaProps::default()
+        };
+        let metadata = JSONSchemaProps {
+            type_: Some("object".into()),
+            properties: Some([("name".to_owned(), name)].into_iter().collect()),
+            ..JSONSchemaProps::default()
+        };
+        schema
+            .properties
+            .get_or_insert_with(Default::default)
+            .insert("metadata".to_owned(), metadata);
+    }
+    crd
 }
 
 /// File name and Helm template text of every CRD.
@@ -83,6 +122,16 @@ mod tests {
         serde_json::to_value(crd).expect("crd serializes")
     }
 
+    #[test]
+    fn names_are_bounded_in_the_schema_so_the_api_server_names_the_field() {
+        for (crd, max) in [(0, PROFILE_NAME_MAX), (1, DEPLOYMENT_NAME_MAX)] {
+            let v = crd_json(&crds()[crd]);
+            let name = &v["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["metadata"]
+                ["properties"]["name"];
+            assert_eq!(name["maxLength"], max, "{v}");
+        }
+    }
+
     fn all_rules(crd: &CustomResourceDefinition) -> Vec<String> {
         let mut out = Vec::new();
         rules(&crd_json(crd), &mut out);
@@ -105,7 +154,6 @@ mod tests {
             "self.model.name == oldSelf.model.name", // transition rule
             "self.rollout.canary.model.version != self.model.version",
             "self.firstLayer <= self.lastLayer",
-            "self.metadata.name.size() <= 55",
         ] {
             assert!(
                 has_rule(&r, needle),
@@ -123,7 +171,6 @@ mod tests {
             "process.nice must be between 0 and 19",
             "self.start != self.end",
             "self.all(d, self.exists_one(e, e == d))",
-            "self.metadata.name.size() <= 50",
         ] {
             let found = has_rule(&r, needle)
                 || crd_json(&ResourceProfile::crd())

@@ -25,13 +25,12 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Canary","type":"string","jsonPath":".status.traffic.canaryVersion"}"#,
     printcolumn = r#"{"name":"Weight","type":"integer","jsonPath":".status.traffic.canaryWeight"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.rollout.phase"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    validation = Rule::new("self.metadata.name.size() <= 55").message("metadata.name: an InferenceDeployment name is at most 55 characters (it names its Services)"),
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.model.name == oldSelf.model.name").message("model.name is immutable: clients address the model by it; create a new InferenceDeployment instead"))]
-#[x_kube(validation = Rule::new("!has(self.rollout) || !has(self.rollout.canary) || !has(self.rollout.canary.model) || self.rollout.canary.model.version != self.model.version").message("rollout.canary.model.version must differ from model.version"))]
-#[x_kube(validation = Rule::new("!has(self.rollout) || !has(self.rollout.blueGreen) || !has(self.rollout.blueGreen.preview) || self.rollout.blueGreen.preview.model.version != self.model.version").message("rollout.blueGreen.preview.model.version must differ from model.version"))]
+#[x_kube(validation = Rule::new("self.model.name == oldSelf.model.name").message("model.name is immutable: clients address the model by it; create a new InferenceDeployment instead").field_path(".model.name"))]
+#[x_kube(validation = Rule::new("!has(self.rollout) || !has(self.rollout.canary) || !has(self.rollout.canary.model) || self.rollout.canary.model.version != self.model.version").message("rollout.canary.model.version must differ from model.version").field_path(".rollout.canary.model.version"))]
+#[x_kube(validation = Rule::new("!has(self.rollout) || !has(self.rollout.blueGreen) || !has(self.rollout.blueGreen.preview) || self.rollout.blueGreen.preview.model.version != self.model.version").message("rollout.blueGreen.preview.model.version must differ from model.version").field_path(".rollout.blueGreen.preview.model.version"))]
 pub struct InferenceDeploymentSpec {
     /// Name of the ResourceProfile whose nodes serve this model.
     #[schemars(
@@ -194,7 +193,7 @@ pub struct PipelineSpec {
 /// One pipeline stage: a contiguous range of layers on one GPU.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.firstLayer <= self.lastLayer").message("stage firstLayer must not exceed lastLayer"))]
+#[x_kube(validation = Rule::new("self.firstLayer <= self.lastLayer").message("stage firstLayer must not exceed lastLayer").field_path(".firstLayer"))]
 pub struct StageSpec {
     /// GPU index on the node.
     #[schemars(range(min = 0, max = 63))]
@@ -210,9 +209,9 @@ pub struct StageSpec {
 /// Rollout of a new model version.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.strategy != 'BlueGreen' || (has(self.blueGreen) && has(self.blueGreen.preview))").message("rollout.blueGreen.preview.model is required when strategy is BlueGreen"))]
-#[x_kube(validation = Rule::new("self.strategy != 'Canary' || !has(self.blueGreen)").message("rollout.blueGreen is only allowed when strategy is BlueGreen"))]
-#[x_kube(validation = Rule::new("self.strategy != 'BlueGreen' || !has(self.canary)").message("rollout.canary is only allowed when strategy is Canary"))]
+#[x_kube(validation = Rule::new("self.strategy != 'BlueGreen' || (has(self.blueGreen) && has(self.blueGreen.preview))").message("rollout.blueGreen.preview.model is required when strategy is BlueGreen").field_path(".blueGreen"))]
+#[x_kube(validation = Rule::new("self.strategy != 'Canary' || !has(self.blueGreen)").message("rollout.blueGreen is only allowed when strategy is BlueGreen").field_path(".blueGreen"))]
+#[x_kube(validation = Rule::new("self.strategy != 'BlueGreen' || !has(self.canary)").message("rollout.canary is only allowed when strategy is Canary").field_path(".canary"))]
 pub struct RolloutSpec {
     /// `Canary` (weighted split, optional steps and analysis) or `BlueGreen`.
     pub strategy: RolloutStrategy,
@@ -236,8 +235,8 @@ pub enum RolloutStrategy {
 /// Canary settings.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.weight) || self.weight == 0 || has(self.model)").message("rollout.canary.model is required when rollout.canary.weight is above 0"))]
-#[x_kube(validation = Rule::new("!has(self.steps) || size(self.steps) == 0 || has(self.model)").message("rollout.canary.model is required when rollout.canary.steps are set"))]
+#[x_kube(validation = Rule::new("!has(self.weight) || self.weight == 0 || has(self.model)").message("rollout.canary.model is required when rollout.canary.weight is above 0").field_path(".model"))]
+#[x_kube(validation = Rule::new("!has(self.steps) || size(self.steps) == 0 || has(self.model)").message("rollout.canary.model is required when rollout.canary.steps are set").field_path(".model"))]
 pub struct CanarySpec {
     /// The new model version.
     #[serde(default, skip_serializing_if = "Option::is_none")]

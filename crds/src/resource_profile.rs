@@ -24,8 +24,7 @@ use crate::policy::EffectivePolicy;
     printcolumn = r#"{"name":"Priority","type":"integer","jsonPath":".spec.priority"}"#,
     printcolumn = r#"{"name":"Nodes","type":"integer","jsonPath":".status.matchedNodeCount"}"#,
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyAgents"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    validation = Rule::new("self.metadata.name.size() <= 50").message("metadata.name: a ResourceProfile name is at most 50 characters (it names the agent DaemonSet)"),
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ResourceProfileSpec {
@@ -208,7 +207,7 @@ pub enum Weekday {
 /// A recurring time window that switches the preset while it is in force.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.start != self.end").message("schedule window start and end must differ"))]
+#[x_kube(validation = Rule::new("self.start != self.end").message("schedule window start and end must differ").field_path(".end"))]
 pub struct ScheduleWindow {
     /// A name for status and metrics, e.g. `office-hours`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
