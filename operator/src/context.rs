@@ -62,6 +62,9 @@ pub struct Context {
     pub events: EventReporter,
     /// Read caches; `None` until the controllers start them.
     pub stores: Option<Stores>,
+    /// UIDs of objects found deleted at the API server while the cache still
+    /// held them: not reconciled again (their children would be re-created).
+    gone: Arc<Mutex<std::collections::HashSet<String>>>,
     /// True once every cache holds its first list.
     filled: Arc<tokio::sync::watch::Sender<bool>>,
     backoff: Arc<Mutex<HashMap<String, u32>>>,
@@ -88,6 +91,7 @@ impl Context {
             events,
             stores: None,
             filled: Arc::new(tokio::sync::watch::channel(false).0),
+            gone: Arc::default(),
             backoff: Arc::default(),
             service_monitor_served: Arc::default(),
         }
@@ -102,6 +106,7 @@ impl Context {
             events: EventReporter::disabled(),
             stores: Some(stores),
             filled: Arc::new(tokio::sync::watch::channel(true).0),
+            gone: Arc::default(),
             backoff: Arc::default(),
             service_monitor_served: Arc::new(Mutex::new(Some((Instant::now(), false)))),
         }
@@ -121,6 +126,23 @@ impl Context {
         // A closed channel means the operator is stopping; the reconcile then
         // sees what there is.
         let _ = self.filled.subscribe().wait_for(|filled| *filled).await;
+    }
+
+    /// Marks the object with `uid` as deleted at the API server.
+    pub fn mark_gone(&self, uid: &str) {
+        let mut gone = self.gone.lock().unwrap_or_else(|p| p.into_inner());
+        if gone.len() > 10_000 {
+            gone.clear();
+        }
+        gone.insert(uid.to_owned());
+    }
+
+    /// Whether the object with `uid` was found deleted.
+    pub fn is_gone(&self, uid: &str) -> bool {
+        self.gone
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(uid)
     }
 
     /// Says that every cache holds its first list.

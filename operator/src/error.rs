@@ -26,6 +26,9 @@ pub enum Error {
     /// The profile's policy does not resolve.
     #[error("invalid policy: {0}")]
     Policy(#[from] FieldError),
+    /// The object was deleted at the API server while the cache still held it.
+    #[error("the object is gone (deleted at the API server)")]
+    Gone,
     /// An object lacks a field the API server always sets.
     #[error("object has no {0}")]
     MissingObjectKey(&'static str),
@@ -58,6 +61,7 @@ impl Error {
             Error::Policy(_) => "invalid_policy",
             Error::MissingObjectKey(_) => "missing_object_key",
             Error::Serialize { .. } => "serialize",
+            Error::Gone => "gone",
         }
     }
 
@@ -69,6 +73,7 @@ impl Error {
             Error::Policy(_) => "InvalidPolicy",
             Error::MissingObjectKey(_) => "MissingObjectKey",
             Error::Serialize { .. } => "SerializeError",
+            Error::Gone => "Gone",
         }
     }
 

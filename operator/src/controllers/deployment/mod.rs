@@ -170,6 +170,24 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// Bring placement, children and status in line with the spec.
 pub async fn reconcile(infd: Arc<InferenceDeployment>, ctx: Arc<Context>) -> Result<Action> {
+    let uid = infd.metadata.uid.clone().unwrap_or_default();
+    if ctx.is_gone(&uid) {
+        return Ok(Action::await_change());
+    }
+    match reconcile_live(infd, ctx.clone()).await {
+        // Deleted while the cache (a watch not caught up yet) still held it:
+        // stop, or each reconcile until the cache learns it would re-create
+        // children that the garbage collector then removes again.
+        Err(Error::Gone) => {
+            ctx.mark_gone(&uid);
+            tracing::debug!(%uid, "deployment deleted at the API server; not reconciled again");
+            Ok(Action::await_change())
+        }
+        other => other,
+    }
+}
+
+async fn reconcile_live(infd: Arc<InferenceDeployment>, ctx: Arc<Context>) -> Result<Action> {
     ctx.caches_ready().await;
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let now = jiff::Timestamp::now();

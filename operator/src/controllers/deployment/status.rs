@@ -207,15 +207,23 @@ pub async fn write(
     let ns = infd.namespace().unwrap_or_default();
     let api: Api<InferenceDeployment> = Api::namespaced(ctx.client.clone(), &ns);
     let patch = json!({"apiVersion": "gogrid.io/v1alpha1", "kind": "InferenceDeployment", "status": status});
-    api.patch_status(
-        &name,
-        &PatchParams::apply(gogrid_crds::labels::OPERATOR_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::kube(format!(
-        "writing status of InferenceDeployment {ns}/{name}"
-    )))?;
+    let written = api
+        .patch_status(
+            &name,
+            &PatchParams::apply(gogrid_crds::labels::OPERATOR_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await;
+    match written {
+        // Deleted while the cache still held it (a watch that has not caught
+        // up yet): the caller stops reconciling it.
+        Err(kube::Error::Api(e)) if e.code == 404 => return Err(Error::Gone),
+        other => {
+            other.map_err(Error::kube(format!(
+                "writing status of InferenceDeployment {ns}/{name}"
+            )))?;
+        }
+    }
     ctx.metrics.write(CONTROLLER, "InferenceDeploymentStatus");
     Ok(true)
 }
