@@ -72,6 +72,14 @@ e2e: ## End-to-end tests against the local real control plane (see e2e/README.md
 dashboard-png: ## Draw the Grafana dashboard's panels from a real Prometheus on the local cluster (docs/dashboard/)
 	hack/dashboard-png.sh
 
+.PHONY: reliability
+reliability: ## Fault tests at full length (10 min of watch cuts, 5 min idle); figures to docs/reliability.md
+	hack/reliability.sh
+
+.PHONY: soak
+soak: ## The fault tests and a 30-minute soak under load (RSS and open files flat, nothing lost)
+	hack/reliability.sh soak
+
 .PHONY: crds
 crds: ## Regenerate the CRD templates of the chart and manifests/install.yaml
 	$(CARGO) run --quiet -p gogrid-crds --bin crdgen

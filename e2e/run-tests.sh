@@ -13,7 +13,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 step() { printf '\n==> %s\n' "$*"; }
-tests=(catalogue helm profiles gpunodes deployments serving plugin rollouts rollouts_under_load prometheus security restarts leader)
+tests=(catalogue helm profiles gpunodes deployments serving plugin rollouts rollouts_under_load prometheus security faults lifecycle restarts leader)
 # `e2e/run-tests.sh NAME...` runs only those (after the fresh-cluster test).
 if [ $# -gt 0 ]; then tests=("$@"); fi
 
@@ -23,8 +23,16 @@ GOGRID_MODEL_SMOLLM2=$(hack/models.sh smollm2)
 export GOGRID_MODEL_MINILM GOGRID_MODEL_SMOLLM2
 
 step "building gogrid-operator, gogrid-agent and the e2e tests"
-cargo build --locked -p gogrid-operator -p gogrid-agent -p gogrid-cli
+cargo build --locked -p gogrid-operator -p gogrid-agent -p gogrid-cli -p gogrid-bench
+cargo build --locked -p gogrid-e2e --bin apiproxy
 cargo test --locked -p gogrid-e2e --no-run
+
+step "a tiny llama GGUF written with the real GGUF writer (gogrid-bench tiny-llama), for the 100-deployment test"
+tiny_dir=$(mktemp -d /tmp/gogrid-e2e-tiny-XXXXXX)
+"${CARGO_TARGET_DIR:-$root/target}/debug/gogrid-bench" tiny-llama --out "$tiny_dir/tiny.gguf" >/dev/null
+chmod -R a+rX "$tiny_dir"
+GOGRID_MODEL_TINY="$tiny_dir/tiny.gguf"
+export GOGRID_MODEL_TINY
 
 if [ -n "${GOGRID_E2E_KUBECONFIG:-}" ]; then
   for t in "${tests[@]}"; do

@@ -29,7 +29,7 @@ export CARGO_TARGET_DIR="$cache/target-fuzz" RUSTC_BOOTSTRAP=1
 cd "$root/node-agent/serve/fuzz"
 # A corpus per target, kept outside the repo so that each run starts where the
 # last one stopped.
-for target in rest_json grpc_request; do
+for target in rest_json rest_binary tensor_raw grpc_request; do
   corpus="$cache/fuzz-corpus/$target"
   mkdir -p "$corpus"
   echo "==> fuzzing $target for ${seconds}s (build first if needed; corpus $corpus)" >&2

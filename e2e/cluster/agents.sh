@@ -52,7 +52,7 @@ start_agent() { # <pod> <uid> <node> <ip> <profile> <restarts>
       --duration=24h 2>"$state/.token.err"); then
     log "pod $pod: no token: $(tail -n 1 "$state/.token.err")"; return 1
   fi
-  gg_write_kubeconfig "$kubeconfig" "system:serviceaccount:$GG_NAMESPACE:$agent_sa" "$token"
+  gg_write_kubeconfig "$kubeconfig" "system:serviceaccount:$GG_NAMESPACE:$agent_sa" "$token" "$GG_PROXY_PORT"
   echo "=== $(date -Is) starting gogrid-agent for pod $pod (uid $uid) on $node, ip $ip, profile $profile" >> "$logf"
   ip netns exec "$node" env \
     KUBECONFIG="$kubeconfig" NODE_NAME="$node" POD_NAME="$pod" POD_NAMESPACE="$GG_NAMESPACE" POD_IP="$ip" \

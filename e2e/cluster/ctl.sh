@@ -7,6 +7,11 @@
 #   ctl.sh node-add N                         re-create node gg-node-N (up.sh) in the default preset
 #   ctl.sh term agent NODE                    SIGTERM the agent of NODE (it drains and exits;
 #                                             the supervisor starts it again, as the kubelet would)
+#   ctl.sh kill agent NODE                    SIGKILL the agent of NODE (restarted the same way)
+#   ctl.sh stop apiserver | start apiserver   kube-apiserver down / up again (up.sh)
+#   ctl.sh restart etcd                       stop etcd and start it again (up.sh)
+#   ctl.sh proxy cut|block|unblock|stats      the API proxy between GoGrid and the apiserver:
+#                                             cut every connection / also refuse new ones / accept again
 set -euo pipefail
 # shellcheck source=e2e/cluster/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -47,11 +52,20 @@ case "${1:-} ${2:-}" in
       || { tail -n 20 "$GG_LOGS/ctl-up.log" >&2; gg_die "up.sh failed"; }
     gg_kubectl label --overwrite node "$node" gogrid.io/preset=default >/dev/null
     gg_log "node $node is back" ;;
-  "term agent")
-    node=${3:?usage: ctl.sh term agent NODE}
+  "term agent" | "kill agent")
+    node=${3:?usage: ctl.sh term|kill agent NODE}
     pid=$(awk -v n="$node" '$3 == n {print $1}' "$GG_RUN"/agents/* 2>/dev/null | head -n 1)
     [ -n "$pid" ] || gg_die "no agent runs on $node"
-    kill -TERM "$pid"
-    gg_log "agent on $node (pid $pid) sent SIGTERM" ;;
-  *) echo "usage: ctl.sh start|stop|kill operator|operator-standby | restart apiserver | node-add N | term agent NODE" >&2; exit 2 ;;
+    if [ "$1" = term ]; then kill -TERM "$pid"; else kill -KILL "$pid"; fi
+    gg_log "agent on $node (pid $pid) sent SIG${1^^}" ;;
+  "stop apiserver") gg_stop kube-apiserver; gg_log "kube-apiserver stopped" ;;
+  "start apiserver" | "restart etcd")
+    [ "$2" = etcd ] && { gg_stop etcd; gg_log "etcd stopped; starting it again"; }
+    GOGRID_SKIP_INSTALL=1 "$GG_ROOT/e2e/cluster/up.sh" >"$GG_LOGS/ctl-up.log" 2>&1 \
+      || { tail -n 20 "$GG_LOGS/ctl-up.log" >&2; gg_die "up.sh failed"; }
+    gg_log "$2 running again" ;;
+  "proxy "*)
+    case $2 in cut | block | unblock) method=POST ;; stats) method=GET ;; *) gg_die "ctl.sh proxy cut|block|unblock|stats" ;; esac
+    gg_in_cp curl -sS -X "$method" "http://$GG_PROXY_CONTROL/$2" ;;
+  *) echo "usage: ctl.sh start|stop|kill operator|operator-standby | restart|stop|start apiserver | restart etcd | node-add N | term|kill agent NODE | proxy cut|block|unblock|stats" >&2; exit 2 ;;
 esac

@@ -93,8 +93,9 @@ EOF
 operator_bin=${GOGRID_OPERATOR_BIN:-${CARGO_TARGET_DIR:-$GG_ROOT/target}/debug/gogrid-operator}
 agent_bin=${GOGRID_AGENT_BIN:-${CARGO_TARGET_DIR:-$GG_ROOT/target}/debug/gogrid-agent}
 if [ "${GOGRID_SKIP_CARGO:-}" != 1 ] && [ -z "${GOGRID_OPERATOR_BIN:-}${GOGRID_AGENT_BIN:-}" ]; then
-  gg_log "   cargo build -p gogrid-operator -p gogrid-agent (incremental; log $GG_LOGS/cargo-build.log)"
-  if ! cargo build -p gogrid-operator -p gogrid-agent >"$GG_LOGS/cargo-build.log" 2>&1; then
+  gg_log "   cargo build -p gogrid-operator -p gogrid-agent, apiproxy (incremental; log $GG_LOGS/cargo-build.log)"
+  # Two invocations: `--bin` would narrow the first to that one binary.
+  if ! { cargo build -p gogrid-operator -p gogrid-agent && cargo build -p gogrid-e2e --bin apiproxy; } >"$GG_LOGS/cargo-build.log" 2>&1; then
     if [ -x "$operator_bin" ] && [ -x "$agent_bin" ]; then
       gg_log "   WARNING: cargo build failed; using the binaries already in target/debug (see $GG_LOGS/cargo-build.log)"
     else
@@ -106,11 +107,20 @@ fi
 [ -x "$operator_bin" ] || gg_die "no operator binary at $operator_bin"
 [ -x "$agent_bin" ] || gg_die "no agent binary at $agent_bin"
 
-# --- 4. the operator ----------------------------------------------------------------------
+proxy_bin=${GOGRID_APIPROXY_BIN:-${CARGO_TARGET_DIR:-$GG_ROOT/target}/debug/apiproxy}
+[ -x "$proxy_bin" ] || gg_die "no apiproxy binary at $proxy_bin (cargo build -p gogrid-e2e --bin apiproxy)"
+
+# --- 4. the API proxy and the operator -------------------------------------------------------
+if ! gg_alive apiproxy; then
+  gg_start apiproxy "$GG_CP_NS" -- "$proxy_bin" --listen "$GG_CP_IP:$GG_PROXY_PORT" \
+    --upstream "$GG_CP_IP:$GG_APISERVER_PORT" --control "$GG_PROXY_CONTROL"
+  gg_log "   API proxy started (pid $(gg_pid apiproxy), $GG_CP_IP:$GG_PROXY_PORT -> :$GG_APISERVER_PORT, control $GG_PROXY_CONTROL)"
+fi
+
 # A token of the operator's ServiceAccount: the operator runs with exactly the
 # chart's RBAC, as it would in a pod.
 gg_write_kubeconfig "$GG_RUN/kubeconfig-operator" "$operator_sa" \
-  "$(gg_kubectl create token "$operator_sa" -n "$GG_NAMESPACE" --duration=24h)"
+  "$(gg_kubectl create token "$operator_sa" -n "$GG_NAMESPACE" --duration=24h)" "$GG_PROXY_PORT"
 # A newer binary (cargo rebuilt it) replaces a running operator.
 if gg_alive operator && [ "$operator_bin" -nt "$GG_PIDS/operator.pid" ]; then
   gg_log "   operator binary changed: restarting the operator"

@@ -26,6 +26,11 @@ GG_KCM_PORT=10257
 GG_SCHEDULER_PORT=10259
 GG_KWOK_PORT=10247
 GG_OPERATOR_HTTP="$GG_CP_IP:8080"
+# GoGrid's processes reach the apiserver through the harness's TCP proxy
+# (e2e/src/bin/apiproxy.rs), so that fault tests can cut their connections;
+# its control endpoint is on loopback.
+GG_PROXY_PORT=6444
+GG_PROXY_CONTROL=127.0.0.1:6445
 
 GG_NAMESPACE=${GOGRID_NAMESPACE:-gogrid-system}
 GG_RELEASE=${GOGRID_RELEASE:-gogrid}
@@ -132,8 +137,8 @@ gg_wait() {
 }
 
 # A kubeconfig for <server> that authenticates with <token>.
-gg_write_kubeconfig() { # <file> <user> <token>
-  local file=$1 user=$2 token=$3
+gg_write_kubeconfig() { # <file> <user> <token> [port: the apiserver's, or the proxy's]
+  local file=$1 user=$2 token=$3 port=${4:-$GG_APISERVER_PORT}
   umask 077
   cat > "$file.tmp" <<EOF
 apiVersion: v1
@@ -141,7 +146,7 @@ kind: Config
 clusters:
 - name: gogrid-e2e
   cluster:
-    server: https://$GG_CP_IP:$GG_APISERVER_PORT
+    server: https://$GG_CP_IP:$port
     certificate-authority: $GG_PKI/ca.crt
 users:
 - name: $user

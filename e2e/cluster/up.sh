@@ -147,6 +147,19 @@ GG_WAIT_LOG="$GG_LOGS/etcd.log" gg_wait "etcd http://127.0.0.1:$GG_ETCD_PORT/hea
 # restarts (hack/bench-propagation.sh: a real control plane fans one write out
 # to many watchers from the cache, not from one etcd watch per watcher).
 watch_cache=${GOGRID_APISERVER_WATCH_CACHE:-false}
+# The audit log is the fault tests' oracle for writes: every write by a
+# ServiceAccount of GoGrid's namespace (the operator, the agents, test
+# accounts), at Metadata level (who, what, when, the answer), nothing else.
+cat > "$GG_RUN/audit-policy.yaml" <<EOF
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    userGroups: ["system:serviceaccounts:$GG_NAMESPACE"]
+    verbs: [create, update, patch, delete, deletecollection]
+  - level: None
+EOF
 if gg_alive kube-apiserver; then
   gg_log "   kube-apiserver already running (pid $(gg_pid kube-apiserver))"
 else
@@ -159,7 +172,9 @@ else
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$GG_PKI/sa.pub" --service-account-signing-key-file "$GG_PKI/sa.key" \
     --service-cluster-ip-range 10.96.0.0/16 --endpoint-reconciler-type none \
-    --feature-gates WatchList=false --watch-cache="$watch_cache" --profiling=false --v 1
+    --feature-gates WatchList=false --watch-cache="$watch_cache" --profiling=false --v 1 \
+    --audit-policy-file "$GG_RUN/audit-policy.yaml" --audit-log-path "$GG_LOGS/audit.log" \
+    --audit-log-format json --audit-log-maxsize 1024 --audit-log-maxbackup 2
   gg_log "   kube-apiserver started (pid $(gg_pid kube-apiserver), log $GG_LOGS/kube-apiserver.log)"
 fi
 GG_WAIT_LOG="$GG_LOGS/kube-apiserver.log" gg_wait "kube-apiserver https://$GG_CP_IP:$GG_APISERVER_PORT/readyz" 180 \

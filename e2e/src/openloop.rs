@@ -148,6 +148,24 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// Requests to an embedding deployment (one short text each), none slow.
+    pub fn embedding(namespace: &str, service: &str, model: &str, rate: f64) -> Self {
+        let body = json!({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
+                                      "data": ["the quick brown fox"]}]});
+        Self {
+            namespace: namespace.to_owned(),
+            service: service.to_owned(),
+            model: model.to_owned(),
+            rate,
+            slow_every: 0,
+            fast: body.clone(),
+            slow: body,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 type Endpoints = Arc<RwLock<Vec<SocketAddr>>>;
 
 /// The ready endpoints of one Service's `http` port, as its EndpointSlices
