@@ -210,6 +210,7 @@ pub struct OpenLoop {
     records: Arc<Mutex<Vec<Record>>>,
     scheduled: Arc<AtomicU64>,
     endpoints: Endpoints,
+    http: Client<HttpConnector, Full<Bytes>>,
     watch: tokio::task::JoinHandle<()>,
     sender: tokio::task::JoinHandle<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -283,6 +284,7 @@ impl OpenLoop {
         };
         let started = Instant::now();
         let sender = {
+            let http = http.clone();
             let (plan, run, stop, records, scheduled, endpoints) = (
                 plan.clone(),
                 run.clone(),
@@ -345,6 +347,7 @@ impl OpenLoop {
             records,
             scheduled,
             endpoints,
+            http,
             watch,
             sender,
         })
@@ -358,6 +361,24 @@ impl OpenLoop {
     /// The endpoints the client sends to now.
     pub fn endpoints(&self) -> Vec<SocketAddr> {
         self.endpoints.read().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// Sends one slow request to `endpoint` alone, outside the load's
+    /// accounting (tag `<run>-probe`): a request known to be in flight on
+    /// that endpoint when a fault strikes. Its record says what it became.
+    pub fn probe(&self, endpoint: SocketAddr) -> tokio::task::JoinHandle<Record> {
+        let mut body = self.plan.slow.clone();
+        body["id"] = json!(format!("{}-probe", self.run));
+        let request = Request {
+            seq: 0,
+            tag: format!("{}-probe", self.run),
+            slow: true,
+            body: Bytes::from(body.to_string()),
+            start_at: 0,
+        };
+        let (http, plan) = (self.http.clone(), self.plan.clone());
+        let only: Endpoints = Arc::new(RwLock::new(vec![endpoint]));
+        tokio::spawn(async move { send(&http, &only, &plan, request).await })
     }
 
     /// The records so far (requests done).

@@ -90,6 +90,11 @@ async fn an_agent_stopped_with_sigterm_under_load_loses_no_request() -> anyhow::
     let node = &nodes[1];
     let endpoint = endpoint_of(&client, node).await?;
     let (pid, _) = agent_process(node)?;
+    // At 2 requests a second the load alone may have nothing on this agent
+    // at the signal: one slow generation sent to it just before makes sure
+    // the drain has a request to finish.
+    let probe = load.probe(endpoint);
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let signalled = Instant::now();
     ctl(&["term", "agent", node])?.check("ctl.sh term agent")?;
     let left = wait_for("the agent leaving the EndpointSlices", WAIT, || async {
@@ -108,10 +113,12 @@ async fn an_agent_stopped_with_sigterm_under_load_loses_no_request() -> anyhow::
     .await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let report = load.finish().await;
+    let probe = probe.await?;
 
     let in_flight: Vec<_> = report
         .records
         .iter()
+        .chain(std::iter::once(&probe))
         .filter(|r| r.in_flight_at(signalled, endpoint))
         .collect();
     let counts = report.counts();

@@ -49,7 +49,10 @@ async fn a_long_run_under_load_loses_nothing_and_keeps_memory_and_files_flat() -
         eprintln!("skipped: reads the local harness's processes");
         return Ok(());
     }
-    anyhow::ensure!(seconds >= 300, "a soak runs at least 5 minutes (GOGRID_SOAK_SECONDS={seconds})");
+    anyhow::ensure!(
+        seconds >= 300,
+        "a soak runs at least 5 minutes (GOGRID_SOAK_SECONDS={seconds})"
+    );
     let client = client().await?;
     let since = SystemTime::now();
     let ns = TestNamespace::create(&client, "soak").await?;
