@@ -44,6 +44,11 @@ pub struct GpuNodeStatus {
     /// through NVML.
     #[serde(default)]
     pub simulated: bool,
+    /// True when a hollow agent reports this node (`gogrid-agent hollow`:
+    /// many nodes' watch, policy and reporting in one process, no models, as
+    /// in scale tests); nothing is served on it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hollow: bool,
     /// Number of GPUs.
     #[serde(default)]
     pub gpu_count: i32,

@@ -26,6 +26,33 @@ pub enum Command {
     /// Run without Kubernetes, from one file (listen addresses, a ResourceProfile
     /// spec, InferenceDeployment specs): desktops and tests.
     Serve(ServeArgs),
+    /// Play many nodes' agents in one process (kubemark's "hollow" nodes):
+    /// each node its own client, watches, policy, VRAM ledger, traffic split
+    /// and GpuNode, as `run` has, with no model loaded and no server; for
+    /// scale tests on kwok nodes.
+    Hollow(HollowArgs),
+}
+
+/// Settings of `gogrid-agent hollow`.
+#[derive(Args, Debug, Clone)]
+pub struct HollowArgs {
+    /// A JSON file listing the nodes to play:
+    /// `[{"node": "...", "pod": "...", "podIP": "...", "profile": "..."}, ...]`.
+    #[arg(long, env = "GOGRID_HOLLOW_NODES")]
+    pub nodes: std::path::PathBuf,
+    /// The GPUs each node declares, e.g. `2x24Gi`.
+    #[arg(long, env = "GOGRID_SIMULATE_GPUS", default_value = "2x24Gi")]
+    pub simulate_gpus: String,
+    /// Address of the process's /metrics (the nodes' splits and counts summed
+    /// by node), /healthz and /readyz, and /hollow/splits.
+    #[arg(long, env = "GOGRID_METRICS_ADDR", default_value = "127.0.0.1:8002")]
+    pub metrics_addr: SocketAddr,
+    /// Seconds between heartbeats of each GpuNode when nothing changes.
+    #[arg(long, env = "GOGRID_HEARTBEAT_SECONDS", default_value_t = 30)]
+    pub heartbeat_seconds: u64,
+    /// Seconds between reports of request counts.
+    #[arg(long, env = "GOGRID_STATS_SECONDS", default_value_t = 10)]
+    pub stats_seconds: u64,
 }
 
 /// Settings of `gogrid-agent serve`.

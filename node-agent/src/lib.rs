@@ -1,8 +1,10 @@
 //! The GoGrid node agent: discovers the node's GPUs, resolves and applies its
 //! ResourceProfile's policy, and reports both in the node's GpuNode.
 
+pub mod cluster;
 pub mod config;
 pub mod gpu;
+pub mod hollow;
 pub mod http;
 pub mod metrics;
 pub mod node;
@@ -24,6 +26,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run_in_cluster(*args).await,
         Command::Serve(args) => run_standalone(args).await,
+        Command::Hollow(args) => hollow::run(args).await,
     }
 }
 
@@ -59,62 +62,26 @@ async fn run_in_cluster(args: config::RunArgs) -> anyhow::Result<()> {
     };
     let metrics = Arc::new(metrics::Metrics::default());
     let ready = http::Readiness::default();
-
-    let (policy_tx, policy_rx) = tokio::sync::watch::channel(None);
-    let (desired_tx, desired_rx) = tokio::sync::watch::channel(Vec::new());
-    let (outputs, reports) = node::Outputs::channel();
-    let profile_task = sync::profile::follow(
-        client.clone(),
-        args.profile.clone(),
-        policy_tx,
-        shutdown.clone(),
-    );
-    let deployments_task = sync::deployments::follow(
-        client.clone(),
-        args.node_name.clone(),
-        desired_tx,
-        shutdown.clone(),
-    );
-    let node_task = node::run(
-        node::Inputs {
-            inventory: inventory.clone(),
-            policy: policy_rx.clone(),
-            desired: desired_rx,
-            stats_every: args.stats_every(),
-        },
-        node::Listen {
+    let auth = args.metrics_auth.build(&client);
+    let node_task = cluster::run_node(cluster::NodeRun {
+        client,
+        identity: args.identity(),
+        inventory,
+        listen: Some(node::Listen {
             http: args.http_addr,
             grpc: args.grpc_addr,
             after: Some(ready.clone()),
-        },
-        metrics.clone(),
-        outputs,
-        shutdown.clone(),
-    );
-    let auth = args.metrics_auth.build(&client);
-    let reporter =
-        sync::gpunode::Reporter::new(client, args.identity(), inventory, metrics.clone());
-    let report_task = reporter.run(
-        sync::gpunode::Feeds {
-            policy: policy_rx,
-            pipelines: reports.pipelines,
-            priority: reports.priority,
-            gpus: reports.gpus,
-        },
-        args.heartbeat(),
-        ready.clone(),
+        }),
+        hollow: false,
+        heartbeat: args.heartbeat(),
+        stats_every: args.stats_every(),
+        metrics: metrics.clone(),
+        ready: ready.clone(),
         draining,
-        shutdown.clone(),
-    );
+        shutdown: shutdown.clone(),
+    });
     let http_task = http::serve(args.metrics_addr, metrics, ready, auth, shutdown.clone());
-    tokio::try_join!(
-        profile_task,
-        deployments_task,
-        node_task,
-        report_task,
-        http_task,
-        drain_task
-    )?;
+    tokio::try_join!(node_task, http_task, drain_task)?;
     tracing::info!("agent shut down cleanly");
     Ok(())
 }
@@ -161,12 +128,13 @@ async fn run_standalone(args: config::ServeArgs) -> anyhow::Result<()> {
             policy: policy_rx,
             desired: desired_rx,
             stats_every: pipeline::manager::STATS_EVERY,
+            hollow: false,
         },
-        node::Listen {
+        Some(node::Listen {
             http: file.listen.http,
             grpc: file.listen.grpc,
             after: None,
-        },
+        }),
         metrics.clone(),
         outputs,
         shutdown.clone(),

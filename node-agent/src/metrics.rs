@@ -81,6 +81,9 @@ pub struct SplitMetrics {
     pub apply: Histogram,
     /// When each deployment's split last changed (Unix time, seconds).
     pub applied_at: Family<DeploymentLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// The same, readable (by `namespace/name`): a hollow agent serves it for
+    /// all its nodes at once.
+    pub last_applied: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, f64>>>,
 }
 
 /// Every agent metric and its registry.
@@ -250,6 +253,7 @@ impl Default for Metrics {
                 loads,
                 apply: split_apply,
                 applied_at,
+                last_applied: Default::default(),
             },
         }
     }

@@ -62,6 +62,9 @@ pub struct Inputs {
     /// How often each version's request counts go to the GpuNode (canary
     /// analysis reads them).
     pub stats_every: Duration,
+    /// A hollow node: versions are registered, routed and reported with no
+    /// model behind them, and no server listens (`gogrid-agent hollow`).
+    pub hollow: bool,
 }
 
 fn batch_policy(p: &EffectivePolicy) -> BatchPolicy {
@@ -120,7 +123,7 @@ impl Outputs {
 /// Run the node core until shutdown.
 pub async fn run(
     inputs: Inputs,
-    listen: Listen,
+    listen: Option<Listen>,
     metrics: Arc<Metrics>,
     outputs: Outputs,
     shutdown: Shutdown,
@@ -135,6 +138,7 @@ pub async fn run(
         mut policy,
         desired,
         stats_every,
+        hollow,
     } = inputs;
     let host_memory = host_memory_bytes();
     let gpus = inventory.read().unwrap_or_default();
@@ -224,9 +228,16 @@ pub async fn run(
         }
     };
 
-    let manager = Manager::new(registry.clone(), ledger, admission, pipelines, placement)
+    let mut manager = Manager::new(registry.clone(), ledger, admission, pipelines, placement)
         .with_stats_every(stats_every)
         .with_split_metrics(metrics.split.clone());
+    if hollow {
+        manager = manager.hollow();
+    }
+    let Some(listen) = listen else {
+        tokio::try_join!(apply, manager.run(desired, shutdown.clone()))?;
+        return Ok(());
+    };
     let state = ServeState::new(registry, Limits::default());
     if let Some(reported) = &listen.after {
         let deadline = Instant::now() + BIND_AT_THE_LATEST;

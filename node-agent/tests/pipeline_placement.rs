@@ -137,8 +137,9 @@ async fn layers_are_placed_over_the_gpus_the_spec_asks_for() {
             policy: policy_rx,
             desired: desired_rx,
             stats_every: std::time::Duration::from_secs(10),
+            hollow: false,
         },
-        listen.clone(),
+        Some(listen.clone()),
         Arc::new(Metrics::default()),
         outputs,
         shutdown.clone(),
@@ -207,4 +208,58 @@ async fn layers_are_placed_over_the_gpus_the_spec_asks_for() {
     shutdown.trigger();
     core.await.expect("join").expect("node core ends cleanly");
     let _ = std::fs::remove_dir_all(model.parent().expect("temp dir"));
+}
+
+/// A hollow node core (`gogrid-agent hollow`) reads no model and listens
+/// nowhere, and reports each version ready on the device a real agent would
+/// choose, and refuses what a real agent refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hollow_node_reports_versions_ready_without_reading_a_model() {
+    let missing = std::path::Path::new("/nonexistent/gogrid/hollow.gguf");
+    let desired = vec![
+        deployment("hollow", missing, ""),
+        deployment("too-many", missing, "pipeline: {gpusPerReplica: 4}"),
+    ];
+    let (_policy_tx, policy_rx) = watch::channel(Some(preset_policy(Preset::Aggressive)));
+    let (_desired_tx, desired_rx) = watch::channel(desired);
+    let (outputs, reports) = node::Outputs::channel();
+    let mut pipelines_rx = reports.pipelines;
+    let shutdown = Shutdown::default();
+    let core = tokio::spawn(node::run(
+        node::Inputs {
+            inventory: Arc::new(Declared::parse("3x1Gi").expect("inventory")),
+            policy: policy_rx,
+            desired: desired_rx,
+            stats_every: Duration::from_secs(10),
+            hollow: true,
+        },
+        None,
+        Arc::new(Metrics::default()),
+        outputs,
+        shutdown.clone(),
+    ));
+    let all = settled(&mut pipelines_rx, 2).await;
+    let hollow = all
+        .iter()
+        .find(|p| p.deployment == "hollow")
+        .expect("hollow");
+    assert!(hollow.ready, "{hollow:?}");
+    assert_eq!(hollow.stages.len(), 1, "{hollow:?}");
+    assert_eq!(hollow.stages[0].gpu, Some(0), "{hollow:?}");
+    assert_eq!(hollow.vram_bytes, 0, "nothing is held: {hollow:?}");
+    let refused = all
+        .iter()
+        .find(|p| p.deployment == "too-many")
+        .expect("too-many");
+    assert!(!refused.ready, "{refused:?}");
+    assert!(
+        refused
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("pipeline.gpusPerReplica is 4"),
+        "{refused:?}"
+    );
+    shutdown.trigger();
+    core.await.expect("join").expect("node core ends cleanly");
 }

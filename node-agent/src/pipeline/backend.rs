@@ -141,3 +141,37 @@ impl Backend for ModelBackend {
         }
     }
 }
+
+/// A hollow agent's stand-in for a model (kubemark's "hollow" nodes): it is
+/// registered, routed and reported like a loaded model, and refuses any
+/// inference, so that one process can play many nodes' control path.
+#[derive(Debug)]
+pub struct HollowBackend {
+    metadata: ModelMetadata,
+    task: TaskKind,
+}
+
+impl HollowBackend {
+    /// A stand-in for a model of `task`.
+    pub fn new(task: TaskKind) -> Self {
+        Self {
+            metadata: ModelMetadata {
+                platform: "gogrid_hollow".into(),
+                inputs: Vec::new(),
+                outputs: Vec::new(),
+                max_batch_size: MODEL_MAX_BATCH,
+            },
+            task,
+        }
+    }
+}
+
+impl Backend for HollowBackend {
+    fn metadata(&self) -> &ModelMetadata {
+        &self.metadata
+    }
+
+    fn task(&self) -> TaskKind {
+        self.task
+    }
+}

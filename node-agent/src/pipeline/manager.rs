@@ -64,6 +64,18 @@ pub struct Manager {
     stats_every: std::time::Duration,
     /// How fast splits take effect.
     split_metrics: Option<crate::metrics::SplitMetrics>,
+    /// A hollow agent: versions are registered, routed and reported without
+    /// a model behind them.
+    hollow: bool,
+}
+
+/// A version ready to register: what serves it, where its layers are, what
+/// each batch item needs, and the VRAM it holds.
+struct Ready {
+    backend: Arc<dyn gogrid_serve::Backend>,
+    stages: Vec<gogrid_pipeline::StageInfo>,
+    per_item_bytes: u64,
+    reservations: Vec<Reservation>,
 }
 
 /// The devices a load is offered: ledger devices (none: the CPU, unaccounted)
@@ -124,7 +136,14 @@ impl Manager {
             inventory,
             stats_every: STATS_EVERY,
             split_metrics: None,
+            hollow: false,
         }
+    }
+
+    /// Makes this the manager of a hollow agent (`gogrid-agent hollow`).
+    pub fn hollow(mut self) -> Self {
+        self.hollow = true;
+        self
     }
 
     /// Records in `metrics` the seconds from a change of the wanted
@@ -197,6 +216,9 @@ impl Manager {
                         deployment: d.key.name.clone(),
                     })
                     .set(now);
+                if let Ok(mut last) = m.last_applied.lock() {
+                    last.insert(d.key.to_string(), now);
+                }
             }
         }
         // Unload versions no longer wanted.
@@ -253,20 +275,23 @@ impl Manager {
             version: model.version.clone(),
             ..Default::default()
         };
-        match self.try_load(model, pipeline).await {
-            Ok((backend, reservations)) => {
+        let ready = if self.hollow {
+            self.hollow_load(model, pipeline)
+        } else {
+            self.try_load(model, pipeline).await
+        };
+        match ready {
+            Ok(Ready {
+                backend,
+                stages,
+                per_item_bytes,
+                reservations,
+            }) => {
                 let name = &model.name;
                 let replaced = self.entries.remove(&id).is_some();
                 if replaced {
                     self.registry.remove(name, &model.version);
                 }
-                let stages = backend.loaded().stages();
-                let per_item_bytes = match backend.loaded() {
-                    gogrid_pipeline::Loaded::Embedder(e) => e.request_bytes(e.max_tokens()),
-                    gogrid_pipeline::Loaded::Generator(g) => {
-                        g.request_bytes(g.config().context_length)
-                    }
-                };
                 if let Some(r) = reservations.first() {
                     self.admission.set_footprint(
                         name,
@@ -279,7 +304,7 @@ impl Manager {
                 }
                 let added = self
                     .registry
-                    .add(name, &model.version, Arc::new(backend))
+                    .add(name, &model.version, backend)
                     .and_then(|()| self.registry.set_ready(name, &model.version, true));
                 if let Err(e) = added {
                     status.message = Some(format!("registering the model failed: {e}"));
@@ -346,7 +371,7 @@ impl Manager {
         &self,
         model: &ModelSpec,
         pipeline: Option<&PipelineSpec>,
-    ) -> Result<(ModelBackend, Vec<Reservation>), LoadFailure> {
+    ) -> Result<Ready, LoadFailure> {
         let failed = |m: String| (REASON_LOAD, m);
         let offer = self.offer(pipeline).map_err(failed)?;
         let spec = load_spec(model, &offer).map_err(failed)?;
@@ -394,7 +419,45 @@ impl Manager {
             .await
             .map_err(|e| failed(format!("the load task failed: {e}")))?
             .map_err(|e| failed(e.to_string()))?;
-        Ok((ModelBackend::new(loaded), reservations))
+        let per_item_bytes = match &loaded {
+            gogrid_pipeline::Loaded::Embedder(e) => e.request_bytes(e.max_tokens()),
+            gogrid_pipeline::Loaded::Generator(g) => g.request_bytes(g.config().context_length),
+        };
+        Ok(Ready {
+            stages: loaded.stages(),
+            per_item_bytes,
+            backend: Arc::new(ModelBackend::new(loaded)),
+            reservations,
+        })
+    }
+
+    /// A hollow agent's load: the device is chosen as for a real one (the
+    /// same offer), nothing is read, nothing reserved.
+    fn hollow_load(
+        &self,
+        model: &ModelSpec,
+        pipeline: Option<&PipelineSpec>,
+    ) -> Result<Ready, LoadFailure> {
+        let offer = self.offer(pipeline).map_err(|m| (REASON_LOAD, m))?;
+        let device = offer
+            .devices
+            .first()
+            .map_or_else(|| "cpu".to_owned(), |(_, d)| d.name.clone());
+        let task = match model.task {
+            ModelTask::Embedding => gogrid_serve::TaskKind::Embedding,
+            ModelTask::TextGeneration => gogrid_serve::TaskKind::TextGeneration,
+        };
+        Ok(Ready {
+            backend: Arc::new(super::backend::HollowBackend::new(task)),
+            stages: vec![gogrid_pipeline::StageInfo {
+                device,
+                first_layer: 0,
+                last_layer: 0,
+                bytes: 0,
+            }],
+            per_item_bytes: 0,
+            reservations: Vec::new(),
+        })
     }
 
     /// The devices a model may use on this node. A node without GPUs offers its

@@ -52,6 +52,7 @@ pub struct Reporter {
     identity: Identity,
     inventory: Arc<dyn Inventory>,
     metrics: Arc<Metrics>,
+    hollow: bool,
 }
 
 /// The status this agent reports, heartbeat aside.
@@ -77,6 +78,7 @@ pub fn status(
         }),
         profile: identity.profile.clone(),
         simulated: inventory.simulated(),
+        hollow: false,
         gpu_count: i32::try_from(gpus.len()).unwrap_or(i32::MAX),
         gpus,
         policy: policy.cloned(),
@@ -110,7 +112,14 @@ impl Reporter {
             identity,
             inventory,
             metrics,
+            hollow: false,
         }
+    }
+
+    /// Reports the node as played by a hollow agent.
+    pub fn hollow(mut self, hollow: bool) -> Self {
+        self.hollow = hollow;
+        self
     }
 
     async fn ensure_object(&self) -> anyhow::Result<()> {
@@ -213,6 +222,7 @@ impl Reporter {
                 host_memory,
                 &loaded,
             );
+            desired.hollow = self.hollow;
             if let Some(c) = priority.borrow_and_update().clone() {
                 let previous = last.as_ref().map_or(&[][..], |l| &l.conditions[..]);
                 desired.conditions =
