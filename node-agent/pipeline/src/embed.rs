@@ -106,13 +106,20 @@ pub(crate) fn read_config(weights: &Path) -> Result<Config, LoadError> {
 
 /// Bytes of the weights once loaded as f32, read from the safetensors header.
 pub(crate) fn weight_bytes(weights: &Path) -> Result<u64, LoadError> {
-    use std::io::Read;
+    let mut file = std::fs::File::open(weights).map_err(|e| LoadError::io(weights, e))?;
+    weight_bytes_in(weights, &mut file)
+}
+
+/// [`weight_bytes`] from a reader at the start of the file read from `weights`.
+pub(crate) fn weight_bytes_in(
+    weights: &Path,
+    file: &mut impl std::io::Read,
+) -> Result<u64, LoadError> {
     let invalid = |reason: String| LoadError::InvalidFormat {
         path: weights.to_path_buf(),
         format: crate::Format::Safetensors,
         reason,
     };
-    let mut file = std::fs::File::open(weights).map_err(|e| LoadError::io(weights, e))?;
     let mut len = [0u8; 8];
     file.read_exact(&mut len)
         .map_err(|e| LoadError::io(weights, e))?;
@@ -136,7 +143,7 @@ pub(crate) fn weight_bytes(weights: &Path) -> Result<u64, LoadError> {
 
 impl Embedder {
     /// Loads the model at `weights` (config.json and tokenizer.json beside it) on `device`.
-    pub(crate) fn load(weights: &Path, device: &Device) -> Result<Self, LoadError> {
+    pub(crate) fn load(weights: &Path, data: &[u8], device: &Device) -> Result<Self, LoadError> {
         let config = read_config(weights)?;
         let tokenizer_path = source::companion(weights, "tokenizer.json")?;
         let mut tokenizer =
@@ -188,11 +195,9 @@ impl Embedder {
                 .any(|m| m.kind.ends_with(".Normalize")),
         };
 
-        let data = std::fs::read(weights).map_err(|e| LoadError::io(weights, e))?;
         let model_err = |e| LoadError::model(weights, e);
-        let tensors = candle_core::safetensors::load_buffer(&data, device).map_err(model_err)?;
-        drop(data);
-        let bytes = weight_bytes(weights)?;
+        let tensors = candle_core::safetensors::load_buffer(data, device).map_err(model_err)?;
+        let bytes = weight_bytes_in(weights, &mut std::io::Cursor::new(data))?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
         let model = BertModel::load(vb, &config).map_err(model_err)?;
         tracing::info!(

@@ -2,7 +2,7 @@
 //! sampling, streamed token by token. Each request gets its own KV cache; the weights are
 //! shared by every request.
 
-use std::io::BufReader;
+use std::io::Cursor;
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::Content;
@@ -90,17 +90,18 @@ pub struct Generator {
 }
 
 impl Generator {
-    /// Loads the GGUF llama at `path` into the planned stages.
+    /// Loads the GGUF llama whose verified bytes, read from `path`, are `data` into the
+    /// planned stages.
     pub(crate) fn load(
         path: &Path,
+        data: &[u8],
         ct: &Content,
         plan: &[PlannedStage],
         devices: &[&Device],
         policy: Requantize,
     ) -> Result<Self, LoadError> {
         let tokenizer = GgufTokenizer::from_gguf(ct, path)?;
-        let file = std::fs::File::open(path).map_err(|e| LoadError::io(path, e))?;
-        let mut reader = BufReader::new(file);
+        let mut reader = Cursor::new(data);
         let model = StagedLlama::load(ct, &mut reader, path, plan, devices, policy)?;
         let stage_names = (0..plan.len()).map(|i| format!("stage{i}")).collect();
         Ok(Self {

@@ -1,8 +1,8 @@
 //! GoGrid model pipelines: load models with candle, plan their stages over the
 //! node's devices and run them.
 //!
-//! [`load`] is the agent's entry point (call it on a blocking thread): it checks the file
-//! and its checksum, plans the stages over the offered devices ([`plan`]), loads the
+//! [`load`] is the agent's entry point (call it on a blocking thread): it reads the file
+//! once, verifying its checksum as it reads, plans the stages over the offered devices ([`plan`]), loads the
 //! weights and returns a shareable [`Embedder`] or [`Generator`]. [`plan_load`] makes the
 //! same plan from the file's headers alone, for the VRAM ledger before loading.
 
@@ -15,7 +15,7 @@ pub mod plan;
 pub mod source;
 
 use std::fmt;
-use std::io::BufReader;
+use std::io::{BufReader, Cursor};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -163,22 +163,36 @@ fn check_task(spec: &LoadSpec) -> Result<(), LoadError> {
     }
 }
 
-fn read_gguf(path: &Path) -> Result<Content, LoadError> {
-    let file = std::fs::File::open(path).map_err(|e| LoadError::io(path, e))?;
-    Content::read(&mut BufReader::new(file)).map_err(|e| LoadError::InvalidFormat {
+/// Parses the GGUF headers from the bytes already read, or from the file.
+fn read_gguf(path: &Path, data: Option<&[u8]>) -> Result<Content, LoadError> {
+    let parsed = match data {
+        Some(data) => Content::read(&mut Cursor::new(data)),
+        None => {
+            let file = std::fs::File::open(path).map_err(|e| LoadError::io(path, e))?;
+            Content::read(&mut BufReader::new(file))
+        }
+    };
+    parsed.map_err(|e| LoadError::InvalidFormat {
         path: path.to_path_buf(),
         format: Format::Gguf,
         reason: e.to_string(),
     })
 }
 
-/// Parses the headers and plans the stages.
-fn prepare(spec: &LoadSpec) -> Result<(Prepared, Vec<PlannedStage>), LoadError> {
+/// Parses the headers and plans the stages, from the verified bytes when given (a load)
+/// or from the file's headers (a plan).
+fn prepare(
+    spec: &LoadSpec,
+    data: Option<&[u8]>,
+) -> Result<(Prepared, Vec<PlannedStage>), LoadError> {
     check_task(spec)?;
     if spec.devices.is_empty() {
         return Err(LoadError::NoDevices);
     }
-    source::check_format(&spec.path, spec.format)?;
+    match data {
+        Some(data) => source::check_bytes(&spec.path, data, spec.format)?,
+        None => source::check_format(&spec.path, spec.format)?,
+    }
     let offers: Vec<DeviceOffer> = spec
         .devices
         .iter()
@@ -189,7 +203,7 @@ fn prepare(spec: &LoadSpec) -> Result<(Prepared, Vec<PlannedStage>), LoadError> 
         .collect();
     match spec.format {
         Format::Gguf => {
-            let ct = read_gguf(&spec.path)?;
+            let ct = read_gguf(&spec.path, data)?;
             let devices: Vec<&Device> = spec.devices.iter().map(|d| &d.device).collect();
             let bytes = llama::model_bytes(&ct, &spec.path, spec.requantize, &devices)?;
             let mut stages = plan::plan(&bytes, &offers, &spec.stages)?;
@@ -203,7 +217,10 @@ fn prepare(spec: &LoadSpec) -> Result<(Prepared, Vec<PlannedStage>), LoadError> 
         }
         Format::Safetensors => {
             let n_layer = embed::read_config(&spec.path)?.num_hidden_layers;
-            let total = embed::weight_bytes(&spec.path)?;
+            let total = match data {
+                Some(data) => embed::weight_bytes_in(&spec.path, &mut Cursor::new(data))?,
+                None => embed::weight_bytes(&spec.path)?,
+            };
             let stages = plan_single_stage(total, n_layer, &offers, &spec.stages)?;
             Ok((Prepared::Safetensors, stages))
         }
@@ -263,22 +280,23 @@ fn stage_infos(spec: &LoadSpec, stages: &[PlannedStage]) -> Vec<StageInfo> {
 /// The stages [`load`] would make, with their estimated bytes, read from the file's
 /// headers alone (the checksum is not verified: that reads the whole file).
 pub fn plan_load(spec: &LoadSpec) -> Result<Vec<StageInfo>, LoadError> {
-    let (_, stages) = prepare(spec)?;
+    let (_, stages) = prepare(spec, None)?;
     Ok(stage_infos(spec, &stages))
 }
 
-/// Verifies, plans and loads the model `spec` describes. Blocking and long: call it off
-/// the async runtime.
+/// Verifies, plans and loads the model `spec` describes. The file is read once, hashed
+/// while it is read, and only those verified bytes are parsed and loaded. Blocking and
+/// long: call it off the async runtime.
 pub fn load(spec: &LoadSpec) -> Result<Loaded, LoadError> {
     check_task(spec)?;
-    source::verify(&spec.path, spec.sha256.as_deref())?;
-    let (prepared, stages) = prepare(spec)?;
+    let data = source::read_verified(&spec.path, spec.sha256.as_deref())?;
+    let (prepared, stages) = prepare(spec, Some(&data))?;
     let infos = stage_infos(spec, &stages);
     match prepared {
         Prepared::Gguf(ct) => {
             let devices: Vec<&Device> = spec.devices.iter().map(|d| &d.device).collect();
             let mut generator =
-                Generator::load(&spec.path, &ct, &stages, &devices, spec.requantize)?;
+                Generator::load(&spec.path, &data, &ct, &stages, &devices, spec.requantize)?;
             generator.set_stage_names(infos.into_iter().map(|s| s.device).collect());
             Ok(Loaded::Generator(Arc::new(generator)))
         }
@@ -288,7 +306,7 @@ pub fn load(spec: &LoadSpec) -> Result<Loaded, LoadError> {
                 .and_then(|s| spec.devices.get(s.device))
                 .ok_or(LoadError::NoDevices)?;
             let embedder =
-                Embedder::load(&spec.path, &device.device)?.with_stage(device.name.clone());
+                Embedder::load(&spec.path, &data, &device.device)?.with_stage(device.name.clone());
             Ok(Loaded::Embedder(Arc::new(embedder)))
         }
     }

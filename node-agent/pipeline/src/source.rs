@@ -1,5 +1,5 @@
-//! The model's source file: existence, checksum (sha256) and format checks before any
-//! weight is loaded.
+//! The model's source file: existence, format checks, and the one read that hashes the
+//! bytes it returns, so nothing is loaded that was not verified.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -42,8 +42,11 @@ pub fn sha256_file(path: &Path) -> Result<String, LoadError> {
     Ok(to_hex(&hasher.finalize()))
 }
 
-/// Verifies that `path` exists and, when `expected` is given, that its sha256 is that one.
-pub fn verify(path: &Path, expected: Option<&str>) -> Result<(), LoadError> {
+/// Reads the whole of `path`, hashing the bytes as they are read, and returns them only
+/// when, with `expected` given, their sha256 is that one: what is then parsed and loaded
+/// is exactly what was verified (no second read a changed or truncated file could slip
+/// into). `path` must be a regular file.
+pub fn read_verified(path: &Path, expected: Option<&str>) -> Result<Vec<u8>, LoadError> {
     let expected = expected.map(parse_sha256).transpose()?;
     let meta = std::fs::metadata(path).map_err(|e| LoadError::io(path, e))?;
     if !meta.is_file() {
@@ -52,8 +55,20 @@ pub fn verify(path: &Path, expected: Option<&str>) -> Result<(), LoadError> {
             source: std::io::Error::other("it is not a regular file"),
         });
     }
+    let mut file = std::fs::File::open(path).map_err(|e| LoadError::io(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| LoadError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        data.extend_from_slice(&buf[..n]);
+    }
     if let Some(expected) = expected {
-        let actual = sha256_file(path)?;
+        let actual = to_hex(&hasher.finalize());
         if actual != expected {
             return Err(LoadError::ChecksumMismatch {
                 path: path.to_path_buf(),
@@ -62,27 +77,39 @@ pub fn verify(path: &Path, expected: Option<&str>) -> Result<(), LoadError> {
             });
         }
     }
-    Ok(())
+    Ok(data)
 }
 
 /// Checks that the file's contents look like the declared format (GGUF magic, or a
-/// safetensors header length that fits the file).
+/// safetensors header length that fits the file), reading only its first bytes.
 pub fn check_format(path: &Path, format: Format) -> Result<(), LoadError> {
-    let mut head = [0u8; 8];
     let len = std::fs::metadata(path)
         .map_err(|e| LoadError::io(path, e))?
         .len();
+    let mut head = Vec::with_capacity(8);
+    std::fs::File::open(path)
+        .map_err(|e| LoadError::io(path, e))?
+        .take(8)
+        .read_to_end(&mut head)
+        .map_err(|e| LoadError::io(path, e))?;
+    check_head(path, &head, len, format)
+}
+
+/// [`check_format`] on bytes already read (the whole file).
+pub fn check_bytes(path: &Path, data: &[u8], format: Format) -> Result<(), LoadError> {
+    check_head(path, &data[..data.len().min(8)], data.len() as u64, format)
+}
+
+/// Checks the first (up to) eight bytes of a `len`-byte file against `format`.
+fn check_head(path: &Path, head: &[u8], len: u64, format: Format) -> Result<(), LoadError> {
     let invalid = |reason: String| LoadError::InvalidFormat {
         path: path.to_path_buf(),
         format,
         reason,
     };
-    if len < head.len() as u64 {
+    let Ok(head) = <[u8; 8]>::try_from(head) else {
         return Err(invalid(format!("the file is only {len} bytes long")));
-    }
-    let mut file = std::fs::File::open(path).map_err(|e| LoadError::io(path, e))?;
-    file.read_exact(&mut head)
-        .map_err(|e| LoadError::io(path, e))?;
+    };
     match format {
         Format::Gguf if &head[..4] != GGUF_MAGIC => Err(invalid(format!(
             "it starts with {:02x?} instead of the GGUF magic",
@@ -151,6 +178,39 @@ mod tests {
             sha256_file(&file).expect("hash"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn the_bytes_read_are_the_bytes_verified_and_a_truncated_file_is_refused() {
+        let dir = std::env::temp_dir().join(format!("gogrid-verified-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("model.gguf");
+        let content: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&file, &content).expect("write");
+        let digest = sha256_file(&file).expect("hash");
+
+        let read = read_verified(&file, Some(&digest)).expect("verified");
+        assert_eq!(
+            read, content,
+            "the bytes returned are the file's, all of them"
+        );
+        assert_eq!(read_verified(&file, None).expect("unverified"), content);
+
+        std::fs::write(&file, &content[..content.len() - 1]).expect("truncate");
+        match read_verified(&file, Some(&digest)) {
+            Err(LoadError::ChecksumMismatch {
+                expected, actual, ..
+            }) => {
+                assert_eq!(expected, digest);
+                assert_ne!(actual, digest);
+            }
+            other => panic!("a truncated file was not refused: {other:?}"),
+        }
+        let err = read_verified(&dir, None).expect_err("a directory was read");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let err = check_bytes(&file, b"GGU", Format::Gguf).expect_err("3 bytes passed");
+        assert!(err.to_string().contains("only 3 bytes"), "{err}");
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -6,7 +6,7 @@ mod layers;
 pub mod requant;
 pub mod tokenizer;
 
-use std::io::{BufReader, Read, Seek};
+use std::io::{Read, Seek};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -256,7 +256,7 @@ impl StagedLlama {
     /// Loads the stages `plan` describes (devices indexed into `devices`) from the GGUF file.
     pub(crate) fn load<R: Read + Seek>(
         ct: &Content,
-        reader: &mut BufReader<R>,
+        reader: &mut R,
         path: &Path,
         plan: &[PlannedStage],
         devices: &[&Device],
@@ -379,7 +379,7 @@ impl StagedLlama {
 /// Reads tensors for one load, requantizing by the policy and recording types for the log.
 struct Loader<'a, R> {
     ct: &'a Content,
-    reader: &'a mut BufReader<R>,
+    reader: &'a mut R,
     path: &'a Path,
     policy: Requantize,
     log: &'a mut KernelLog,
