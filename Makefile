@@ -53,6 +53,10 @@ bench: ## GoGrid against llama.cpp, sentence-transformers, ONNX Runtime and KSer
 bench-propagation: ## Weight edit to every agent at 1, 10 and 100 nodes of the local cluster (docs/bench/propagation-*)
 	hack/bench-propagation.sh
 
+.PHONY: bench-scale
+bench-scale: ## 100 and 1000 kwok nodes with hollow agents: reconcile, DaemonSet, edit, memory, API load (docs/bench/scale*)
+	hack/bench-scale.sh
+
 .PHONY: chart
 chart: ## helm lint, helm-unittest suites, the install.yaml drift check and promtool on the alerts and dashboard
 	@echo "==> helm lint charts/gogrid"

@@ -7,7 +7,11 @@
 # e2e/README.md describes the layout; e2e/cluster/down.sh removes it all.
 #
 # Environment: GOGRID_NODES (3), GOGRID_CACHE (~/.cache/gogrid: built tools),
-# GOGRID_SKIP_INSTALL=1 (control plane and nodes only), and those of install.sh.
+# GOGRID_SKIP_INSTALL=1 (control plane and nodes only), GOGRID_HOLLOW_NODES (0:
+# that many more kwok nodes gg-hollow-NNNN labelled gogrid.io/hollow=true, with
+# no network namespace, for the hollow agents of hack/bench-scale.sh),
+# GOGRID_AUDIT_READS=1 (the audit log records GoGrid's reads too, not only its
+# writes), and those of install.sh.
 set -euo pipefail
 # shellcheck source=e2e/cluster/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -17,6 +21,9 @@ total_start=$SECONDS
 
 [[ "$GG_NODES" =~ ^[0-9]+$ ]] && [ "$GG_NODES" -ge 1 ] && [ "$GG_NODES" -le 200 ] \
   || gg_die "GOGRID_NODES must be 1..200 (got $GG_NODES)"
+hollow_nodes=${GOGRID_HOLLOW_NODES:-0}
+[[ "$hollow_nodes" =~ ^[0-9]+$ ]] && [ "$hollow_nodes" -le 5000 ] \
+  || gg_die "GOGRID_HOLLOW_NODES must be 0..5000 (got $hollow_nodes)"
 
 # --- 1. packages and tools ---------------------------------------------------
 gg_log "[1/8] Debian packages (etcd-server, prometheus, iproute2)"
@@ -150,11 +157,19 @@ watch_cache=${GOGRID_APISERVER_WATCH_CACHE:-false}
 # The audit log is the fault tests' oracle for writes: every write by a
 # ServiceAccount of GoGrid's namespace (the operator, the agents, test
 # accounts), at Metadata level (who, what, when, the answer), nothing else.
+# GOGRID_AUDIT_READS=1 records their reads as well (the scale bench counts
+# every request GoGrid sends).
+reads_rule=""
+if [ "${GOGRID_AUDIT_READS:-}" = 1 ]; then
+  reads_rule="  - level: Metadata
+    userGroups: [\"system:serviceaccounts:$GG_NAMESPACE\"]"
+fi
 cat > "$GG_RUN/audit-policy.yaml" <<EOF
 apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: [RequestReceived]
 rules:
+$reads_rule
   - level: Metadata
     userGroups: ["system:serviceaccounts:$GG_NAMESPACE"]
     verbs: [create, update, patch, delete, deletecollection]
@@ -312,6 +327,41 @@ nodes_ready() {
   [ "$ready" -ge "$GG_NODES" ]
 }
 GG_WAIT_LOG="$GG_LOGS/kwok.log" gg_wait "$GG_NODES nodes Ready" 120 nodes_ready
+
+# Hollow nodes (GOGRID_HOLLOW_NODES): kwok nodes without a network namespace,
+# written as one manifest (one kubectl call). Their pods get IPs from their
+# podCIDR, outside the harness network: nothing connects to a hollow agent.
+if [ "$hollow_nodes" -gt 0 ]; then
+  gg_log "   $hollow_nodes hollow nodes gg-hollow-0001..$(printf %04d "$hollow_nodes") (label gogrid.io/hollow=true)"
+  manifest="$GG_RUN/hollow-nodes.yaml"
+  : > "$manifest"
+  for i in $(seq "$hollow_nodes"); do
+    node=$(printf 'gg-hollow-%04d' "$i") cidr="10.$((100 + i / 256)).$((i % 256)).0/24"
+    cat >> "$manifest" <<EOF
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: $node
+  annotations: {kwok.x-k8s.io/node: fake, node.alpha.kubernetes.io/ttl: "0"}
+  labels: {kubernetes.io/hostname: $node, kubernetes.io/os: linux, kubernetes.io/arch: amd64,
+           type: kwok-hollow, gogrid.io/hollow: "true", nvidia.com/gpu.present: "true", nvidia.com/gpu.count: "2"}
+spec: {podCIDR: "$cidr", podCIDRs: ["$cidr"]}
+status:
+  addresses: [{type: InternalIP, address: "10.250.$((i / 256)).$((i % 256))"}, {type: Hostname, address: $node}]
+  capacity: {cpu: "32", memory: 128Gi, pods: "110", nvidia.com/gpu: "2"}
+  allocatable: {cpu: "32", memory: 128Gi, pods: "110", nvidia.com/gpu: "2"}
+EOF
+  done
+  gg_kubectl apply -f "$manifest" >/dev/null
+  hollow_ready() {
+    local ready
+    ready=$(gg_kubectl get nodes -l type=kwok-hollow \
+      -o jsonpath='{range .items[*]}{range .status.conditions[?(@.type=="Ready")]}{.status}{"\n"}{end}{end}' | grep -c True)
+    [ "$ready" -ge "$hollow_nodes" ]
+  }
+  GG_WAIT_LOG="$GG_LOGS/kwok.log" gg_wait "$hollow_nodes hollow nodes Ready" 600 hollow_ready
+fi
 
 # --- 7. GoGrid ----------------------------------------------------------------------------------
 if [ "${GOGRID_SKIP_INSTALL:-}" = 1 ]; then

@@ -4,6 +4,7 @@
 //! `GOGRID_E2E_KUBECONFIG` names; tests that stop and start local processes
 //! skip themselves on an external cluster.
 
+pub mod bench;
 pub mod fault;
 pub mod load;
 pub mod openloop;

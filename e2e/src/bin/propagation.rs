@@ -19,6 +19,7 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use gogrid_crds::{GpuNode, InferenceDeployment};
+use gogrid_e2e::bench::{arg, bucket_quantiles, buckets, summary, unix_now};
 use gogrid_e2e::{TestNamespace, agent_nodes, client, wait_for_split};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
@@ -34,28 +35,6 @@ const WAIT: Duration = Duration::from_secs(600);
 
 /// When each node was last seen reporting each weight of v2.
 type Seen = Arc<Mutex<BTreeMap<String, (i32, Instant)>>>;
-
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_owned())
-}
-
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
-fn summary(mut ms: Vec<f64>) -> Value {
-    ms.sort_by(f64::total_cmp);
-    json!({"count": ms.len(), "p50_ms": percentile(&ms, 0.5), "p99_ms": percentile(&ms, 0.99),
-           "max_ms": ms.last().copied().unwrap_or(f64::NAN), "samples_ms": ms})
-}
 
 /// Waits until every one of `nodes` reports weight `w` for v2 at or after
 /// `since`; returns each node's delay.
@@ -94,50 +73,14 @@ async fn reached(
 
 /// The agents' `gogrid_agent_split_apply_seconds` buckets, summed: `le` -> count.
 async fn split_apply_buckets(client: &kube::Client) -> anyhow::Result<BTreeMap<String, f64>> {
-    let api: Api<GpuNode> = Api::all(client.clone());
     let mut sum = BTreeMap::new();
-    for g in api.list(&Default::default()).await?.items {
-        let Some(agent) = g.status.and_then(|s| s.agent) else {
-            continue;
-        };
-        let url = format!("http://{}:{}/metrics", agent.pod_ip, agent.metrics_port);
-        for line in gogrid_e2e::scrape(&url)?.lines() {
-            let Some(rest) = line.strip_prefix("gogrid_agent_split_apply_seconds_bucket{le=\"")
-            else {
-                continue;
-            };
-            let Some((le, count)) = rest.split_once("\"} ") else {
-                continue;
-            };
-            let count: f64 = count.trim().parse().unwrap_or(0.0);
-            *sum.entry(le.to_owned()).or_insert(0.0) += count;
+    for url in metrics_urls(client).await? {
+        let scraped = gogrid_e2e::scrape(&url)?;
+        for (le, n) in buckets(&scraped, "gogrid_agent_split_apply_seconds", &[]) {
+            *sum.entry(le).or_insert(0.0) += n;
         }
     }
     Ok(sum)
-}
-
-/// Upper bounds of the p50 and p99 of the histogram difference `after - before`.
-fn bucket_quantiles(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> Value {
-    let mut buckets: Vec<(f64, f64)> = after
-        .iter()
-        .map(|(le, n)| {
-            let bound = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().unwrap_or(f64::INFINITY)
-            };
-            (bound, n - before.get(le).copied().unwrap_or(0.0))
-        })
-        .collect();
-    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let total = buckets.last().map_or(0.0, |b| b.1);
-    let at = |q: f64| {
-        buckets
-            .iter()
-            .find(|(_, cumulative)| *cumulative >= (q * total).ceil().max(1.0))
-            .map_or(f64::NAN, |(bound, _)| bound * 1e3)
-    };
-    json!({"count": total, "p50_ms_at_most": at(0.5), "p99_ms_at_most": at(0.99)})
 }
 
 /// Each agent's /metrics URL, from its GpuNode.
@@ -151,12 +94,6 @@ async fn metrics_urls(client: &kube::Client) -> anyhow::Result<Vec<String>> {
         .filter_map(|g| g.status?.agent)
         .map(|a| format!("http://{}:{}/metrics", a.pod_ip, a.metrics_port))
         .collect())
-}
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// One timed edit: when each agent applied it (its
