@@ -126,6 +126,7 @@ async fn an_agent_stopped_with_sigterm_under_load_loses_no_request() -> anyhow::
         "agent-sigterm",
         &json!({"load": report.summary(), "in_flight_at_signal": in_flight.len(),
                 "in_flight_answered": in_flight.iter().filter(|r| r.outcome == Outcome::Ok).count(),
+                "in_flight_throttled": in_flight.iter().filter(|r| matches!(r.outcome, Outcome::Throttled(Some(_)))).count(),
                 "left_endpointslices_ms": left.as_millis(), "exited_ms": gone.as_millis()}),
     )?;
     assert_eq!(counts.lost, 0, "lost requests: {:?}", report.lost());
@@ -133,9 +134,18 @@ async fn an_agent_stopped_with_sigterm_under_load_loses_no_request() -> anyhow::
         !in_flight.is_empty(),
         "nothing was in flight on the agent at SIGTERM"
     );
+    // Each one is answered: served, or (a request that waited its 10 s in
+    // the queue behind the slow ones) 429 with Retry-After, as at any time;
+    // never cut off by the exit.
     assert!(
-        in_flight.iter().all(|r| r.outcome == Outcome::Ok),
+        in_flight
+            .iter()
+            .all(|r| r.outcome == Outcome::Ok || matches!(r.outcome, Outcome::Throttled(Some(_)))),
         "what the agent had in flight was answered: {in_flight:?}"
+    );
+    assert!(
+        in_flight.iter().any(|r| r.outcome == Outcome::Ok),
+        "the drain served none of what it had in flight: {in_flight:?}"
     );
     assert!(
         counts.slow_over_2s > 0,
@@ -197,7 +207,17 @@ async fn an_agent_killed_loses_only_what_it_had_in_flight_and_routes_the_same_sp
         .filter(|r| r.in_flight_at(killed, endpoint))
         .count();
     let counts = report.counts();
-    let split_after = split_holds(&after, "v2", 30, nodes.len() + 4);
+    // The split is a weighted random choice per request: allow four standard
+    // deviations of the binomial (a restart that lost the split routes 0% or
+    // 100%, far outside).
+    let answered = after.iter().filter(|r| r.outcome == Outcome::Ok).count() as f64;
+    let sigma = (answered * 0.3 * 0.7).sqrt();
+    let split_after = split_holds(
+        &after,
+        "v2",
+        30,
+        (nodes.len() + 4).max((4.0 * sigma).ceil() as usize),
+    );
     fault::report(
         "agent-sigkill",
         &json!({"load": report.summary(), "in_flight_at_kill": in_flight, "lost": lost.len(),
