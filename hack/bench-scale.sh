@@ -27,7 +27,7 @@ target=${CARGO_TARGET_DIR:-target}
 log() { printf '==> %s\n' "$*" >&2; }
 
 # 1000 watches and clients in one process, and as many in the API server.
-ulimit -n 65536
+ulimit -n "$(ulimit -Hn)"
 
 log "building the operator, the agent and the scale bench (cargo build, debug)"
 cargo build -q -p gogrid-operator -p gogrid-agent

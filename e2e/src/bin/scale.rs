@@ -461,6 +461,8 @@ fn idle_requests(args: &Args, from: f64, to: f64) -> anyhow::Result<Value> {
     // who -> verb -> count
     let mut counts: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     let mut agent_writes_per_node: BTreeMap<String, u64> = BTreeMap::new();
+    // who -> resource written -> count
+    let mut writes: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     for line in std::io::BufReader::new(file).lines() {
         let line = line?;
         // Cheap filters first: the log also holds the whole cluster's writes.
@@ -504,6 +506,17 @@ fn idle_requests(args: &Args, from: f64, to: f64) -> anyhow::Result<Value> {
             .or_default()
             .entry(verb)
             .or_default() += 1;
+        if write {
+            let resource = e["objectRef"]["resource"].as_str().unwrap_or_default();
+            let sub = e["objectRef"]["subresource"]
+                .as_str()
+                .map(|s| format!("/{s}"));
+            *writes
+                .entry(who.to_owned())
+                .or_default()
+                .entry(format!("{resource}{}", sub.unwrap_or_default()))
+                .or_default() += 1;
+        }
         if who == "agents" && write {
             let node = e["objectRef"]["name"].as_str().unwrap_or_default();
             *agent_writes_per_node.entry(node.to_owned()).or_default() += 1;
@@ -531,10 +544,20 @@ fn idle_requests(args: &Args, from: f64, to: f64) -> anyhow::Result<Value> {
         .map(|n| *n as f64 * 60.0 / seconds)
         .collect();
     let max_per_node = per_node_min.iter().copied().fold(0.0, f64::max);
+    // The leader's Lease renewals are the one write a running operator owes
+    // the API server (leader election), not a change of anything it manages.
+    let lease = writes
+        .get("operator")
+        .and_then(|w| w.get("leases"))
+        .copied()
+        .unwrap_or(0) as f64;
     Ok(json!({
         "window_s": seconds,
         "by_verb": counts,
+        "writes_by_resource": writes,
         "operator_writes_per_s": rate("operator", true),
+        "operator_lease_renewals_per_s": lease / seconds,
+        "operator_writes_but_lease_per_s": rate("operator", true) - lease / seconds,
         "operator_reads_per_s": rate("operator", false),
         "agent_writes_per_s": rate("agents", true),
         "agent_reads_per_s": rate("agents", false),

@@ -2,9 +2,10 @@
 //! placement names the node, with the traffic split the operator put in their
 //! status. A pure index fed by a watch, handed on through a watch channel.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use gogrid_crds::inference_deployment::{ModelSpec, TrafficSplit};
 use gogrid_crds::rollout::spec_traffic;
 use gogrid_crds::{InferenceDeployment, InferenceDeploymentSpec};
@@ -88,10 +89,14 @@ impl Desired {
 /// and gRPC paths, so one agent serves it for one deployment: the oldest
 /// (then the first by namespace and name); the others are refused with the
 /// reason.
-pub fn placed_on(node: &str, all: &[InferenceDeployment]) -> Vec<Desired> {
+/// Only those placed here are cloned: an agent sees every deployment of the
+/// cluster, and a fleet of N agents would otherwise copy all of them N times
+/// per change.
+pub fn placed_on<D: Borrow<InferenceDeployment>>(node: &str, all: &[D]) -> Vec<Desired> {
     let mut out: BTreeMap<DeploymentKey, Desired> = BTreeMap::new();
     let mut age: BTreeMap<DeploymentKey, Option<jiff::Timestamp>> = BTreeMap::new();
     for infd in all {
+        let infd = infd.borrow();
         let Some(status) = infd.status.as_ref() else {
             continue;
         };
@@ -138,6 +143,45 @@ pub fn placed_on(node: &str, all: &[InferenceDeployment]) -> Vec<Desired> {
     out.into_values().collect()
 }
 
+/// Watch events taken in one go before the placed deployments are computed
+/// again: a burst (the initial list, a thousand deployments created at once)
+/// costs one computation per burst, not one per event.
+const COALESCE: usize = 1024;
+
+/// What one watch event means for the recomputation.
+enum Step {
+    /// The index changed (or the initial list completed): compute again.
+    Changed,
+    /// Nothing to compute yet (part of the initial list, or an error).
+    Wait,
+    /// The stream ended.
+    End,
+}
+
+fn step<E: std::fmt::Display>(
+    event: Option<Result<watcher::Event<InferenceDeployment>, E>>,
+    listing: &mut bool,
+) -> Step {
+    match event {
+        // Recompute once the initial list is complete, then on every change.
+        Some(Ok(watcher::Event::Init)) => {
+            *listing = true;
+            Step::Wait
+        }
+        Some(Ok(watcher::Event::InitApply(_))) => Step::Wait,
+        Some(Ok(watcher::Event::InitDone)) => {
+            *listing = false;
+            Step::Changed
+        }
+        Some(Ok(_)) => Step::Changed,
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "watching InferenceDeployments failed; retrying");
+            Step::Wait
+        }
+        None => Step::End,
+    }
+}
+
 /// Watch InferenceDeployments in every namespace and publish those placed on
 /// `node` until shutdown.
 pub async fn follow(
@@ -155,22 +199,31 @@ pub async fn follow(
     .backoff(gogrid_runtime::kube_client::watch_backoff())
     .reflect(writer);
     let mut stream = std::pin::pin!(stream);
+    let mut listing = false;
     loop {
-        tokio::select! {
-            event = stream.next() => match event {
-                // Recompute once the initial list is complete, then on every change.
-                Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => continue,
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "watching InferenceDeployments failed; retrying");
-                    continue;
-                }
-                None => return Ok(()),
+        let mut changed = tokio::select! {
+            event = stream.next() => match step(event, &mut listing) {
+                Step::Changed => true,
+                Step::Wait => false,
+                Step::End => return Ok(()),
             },
             _ = shutdown.wait() => return Ok(()),
+        };
+        // Take what has already arrived too, then compute once.
+        for _ in 0..COALESCE {
+            let Some(event) = stream.next().now_or_never() else {
+                break;
+            };
+            match step(event, &mut listing) {
+                Step::Changed => changed = true,
+                Step::Wait => {}
+                Step::End => return Ok(()),
+            }
         }
-        let all: Vec<InferenceDeployment> = reader.state().iter().map(|d| (**d).clone()).collect();
-        let desired = placed_on(&node, &all);
+        if !changed || listing {
+            continue;
+        }
+        let desired = placed_on(&node, &reader.state());
         tx.send_if_modified(|current| {
             if *current == desired {
                 return false;

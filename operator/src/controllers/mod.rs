@@ -6,6 +6,9 @@ pub mod deployment;
 pub mod node;
 pub mod profile;
 
+use std::collections::HashMap;
+use std::hash::{Hash as _, Hasher as _};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -24,6 +27,74 @@ use crate::context::{Context, Stores};
 /// a connection that died without a close (an API server that restarts mid
 /// watch) is noticed within this bound instead of kube's default 290 s.
 pub const WATCH_TIMEOUT_SECONDS: u32 = 30;
+
+/// The Node events that change what GoGrid reads of a node: its labels (the
+/// profile it wins, placement), its first sighting and its deletion. The
+/// kubelet (or kwok) rewrites every node's status every few seconds; mapped
+/// to every profile or to every deployment of the node's profile, those
+/// heartbeats alone kept a 1000-node fleet's controllers busy and, with a
+/// debounce that restarts on each new trigger, could postpone a reconcile
+/// for as long as they kept coming.
+pub fn label_changes(
+    nodes: impl futures::Stream<Item = Arc<Node>> + Send + 'static,
+) -> impl futures::Stream<Item = Arc<Node>> + Send + 'static {
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    nodes.filter(move |n| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        n.metadata.labels.hash(&mut h);
+        n.metadata.deletion_timestamp.is_some().hash(&mut h);
+        let h = h.finish();
+        let name = n.metadata.name.clone().unwrap_or_default();
+        future::ready(seen.insert(name, h) != Some(h))
+    })
+}
+
+/// The GpuNode events that change more than the heartbeat time: an agent
+/// rewrites its GpuNode every 30 s to say it is alive, and each rewrite
+/// reconciled every deployment placed on the node (with the fleet's
+/// deployments, all of them). A heartbeat going stale is found by the
+/// deployments' own periodic look, which does not need an event.
+pub fn content_changes(
+    gpunodes: impl futures::Stream<Item = Arc<GpuNode>> + Send + 'static,
+) -> impl futures::Stream<Item = Arc<GpuNode>> + Send + 'static {
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    gpunodes.filter(move |g| {
+        let mut status = g.status.clone();
+        if let Some(s) = status.as_mut() {
+            s.heartbeat_time = None;
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        serde_json::to_vec(&status).unwrap_or_default().hash(&mut h);
+        g.metadata.deletion_timestamp.is_some().hash(&mut h);
+        let h = h.finish();
+        let name = g.metadata.name.clone().unwrap_or_default();
+        future::ready(seen.insert(name, h) != Some(h))
+    })
+}
+
+/// At most one item per `every`, the newest of those that arrived meanwhile
+/// (a throttle, not a debounce: a steady flow still gets through). For
+/// triggers whose mapper does not depend on which item it was.
+pub fn throttled<T: Send + 'static>(
+    items: impl futures::Stream<Item = T> + Send + 'static,
+    every: Duration,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::unfold(items.boxed(), move |mut items| async move {
+        let mut last = items.next().await?;
+        let window = tokio::time::sleep(every);
+        tokio::pin!(window);
+        loop {
+            tokio::select! {
+                () = &mut window => break,
+                next = items.next() => match next {
+                    Some(item) => last = item,
+                    None => break,
+                },
+            }
+        }
+        Some((last, items))
+    })
+}
 
 /// Watcher settings of every controller and cache (errors back off 0.25 s to
 /// 5 s: `gogrid_runtime::kube_client::watch_backoff`).
@@ -248,3 +319,105 @@ pub fn on_error(
 
 /// Periodic resync of an object that is fine.
 pub const RESYNC: Duration = Duration::from_secs(300);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, profile: &str, heartbeat: i64) -> Arc<Node> {
+        let mut n = Node::default();
+        n.metadata.name = Some(name.into());
+        n.metadata.labels = Some([("gogrid.io/profile".to_owned(), profile.to_owned())].into());
+        // What a heartbeat changes: the status and the resourceVersion.
+        n.metadata.resource_version = Some(heartbeat.to_string());
+        Arc::new(n)
+    }
+
+    #[tokio::test]
+    async fn only_label_changes_of_a_node_pass_not_its_heartbeats() {
+        let events = futures::stream::iter([
+            node("a", "p", 1),
+            node("b", "p", 1),
+            node("a", "p", 2),
+            node("a", "p", 3),
+            node("a", "q", 4),
+            node("b", "p", 2),
+        ]);
+        let passed: Vec<(String, String)> = label_changes(events)
+            .map(|n| {
+                let label = n
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .map(|l| l["gogrid.io/profile"].clone());
+                (
+                    n.metadata.name.clone().unwrap_or_default(),
+                    label.unwrap_or_default(),
+                )
+            })
+            .collect()
+            .await;
+        assert_eq!(
+            passed,
+            [
+                ("a".into(), "p".into()),
+                ("b".into(), "p".into()),
+                ("a".into(), "q".into())
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_gpunode_heartbeat_alone_does_not_pass_a_change_does() {
+        let gpunode = |beat: i64, pipelines: i32| {
+            let mut g = GpuNode::new("n1", Default::default());
+            g.status = Some(gogrid_crds::GpuNodeStatus {
+                heartbeat_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    jiff::Timestamp::from_second(1_800_000_000 + beat).expect("time"),
+                )),
+                pipeline_count: pipelines,
+                ..Default::default()
+            });
+            Arc::new(g)
+        };
+        let events = futures::stream::iter([
+            gpunode(0, 1),
+            gpunode(30, 1),
+            gpunode(60, 2),
+            gpunode(90, 2),
+        ]);
+        let passed: Vec<i32> = content_changes(events)
+            .map(|g| g.status.as_ref().map_or(0, |s| s.pipeline_count))
+            .collect()
+            .await;
+        assert_eq!(
+            passed,
+            [1, 2],
+            "the first sighting and the change, no heartbeat"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_flow_is_throttled_to_one_item_per_window_the_newest() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
+        let out = throttled(tokio_stream_from(rx), Duration::from_millis(250));
+        let feeder = tokio::spawn(async move {
+            for i in 0..100u32 {
+                tx.send(i).ok();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        let got: Vec<u32> = out.collect().await;
+        feeder.await.expect("feeder");
+        // 100 items over a second: one per 250 ms window, never starved.
+        assert!((4..=6).contains(&got.len()), "{got:?}");
+        assert_eq!(got.last(), Some(&99), "the newest item of the last window");
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "{got:?}");
+    }
+
+    fn tokio_stream_from<T: Send + 'static>(
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+    ) -> impl futures::Stream<Item = T> + Send + 'static {
+        futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    }
+}

@@ -86,7 +86,7 @@ pub async fn run(
     Controller::for_shared_stream(streams.deployments, store)
         .owns_stream(super::watch(Api::<Service>::all(client.clone())).touched_objects())
         .owns_stream(super::watch(Api::<EndpointSlice>::all(client.clone())).touched_objects())
-        .watches_shared_stream(streams.gpunodes, move |g| {
+        .watches_shared_stream(super::content_changes(streams.gpunodes), move |g| {
             let node = g.name_any();
             refs_where(&s1, |d| placed_on(d, &node) || short_of_nodes(d))
         })
@@ -104,7 +104,7 @@ pub async fn run(
                 })
             },
         )
-        .watches_shared_stream(streams.nodes, move |n| {
+        .watches_shared_stream(super::label_changes(streams.nodes), move |n| {
             let node = n.name_any();
             let profile = n.labels().get(PROFILE_LABEL).cloned();
             refs_where(&s3, |d| {

@@ -24,6 +24,9 @@ use crate::{Error, Result};
 
 pub(crate) const CONTROLLER: &str = "resourceprofile";
 
+/// How often relabelled nodes make the profiles be reconciled again.
+const NODE_TRIGGER: Duration = Duration::from_millis(250);
+
 /// Run until `shutdown` resolves.
 pub async fn run(
     ctx: Context,
@@ -37,15 +40,20 @@ pub async fn run(
     let all = store.clone();
     Controller::for_shared_stream(profiles, store)
         .owns_stream(super::watch(daemonsets).touched_objects())
-        .watches_shared_stream(nodes, move |_node| {
-            all.state()
-                .into_iter()
-                .map(|p| ObjectRef::from_obj(&*p))
-                .collect::<Vec<_>>()
-        })
-        .with_config(
-            kube::runtime::controller::Config::default().debounce(Duration::from_millis(500)),
+        // A node's labels decide which profile it wins; every profile is
+        // looked at again, at most every 250 ms while nodes are relabelled.
+        .watches_shared_stream(
+            super::throttled(super::label_changes(nodes), NODE_TRIGGER),
+            move |_node| {
+                all.state()
+                    .into_iter()
+                    .map(|p| ObjectRef::from_obj(&*p))
+                    .collect::<Vec<_>>()
+            },
         )
+        // No debounce: a debounce restarts on every new trigger, and while a
+        // thousand nodes were labelled for a new profile its DaemonSet waited
+        // for the last label; the node triggers are throttled instead.
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, Arc::new(ctx))
         .for_each(|_| futures::future::ready(()))
