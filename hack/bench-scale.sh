@@ -55,7 +55,7 @@ for n in $sizes; do
   ip netns exec "$GG_CP_NS" env KUBECONFIG="$GG_RUN/kubeconfig" \
     "$target/debug/scale" --nodes "$n" --deployments "$n" --edits "$edits" --idle "$idle" \
     --agent "$target/debug/gogrid-agent" --agent-kubeconfig "$GG_RUN/kubeconfig-hollow" \
-    --hollow-addr 127.0.0.1:9102 --audit "$GG_LOGS/audit.log" --pids "$GG_PIDS" --dir "$GG_RUN" \
+    --hollow-addr 127.0.0.1:9102 --dir "$GG_RUN" \
     --agent-namespace "$GG_NAMESPACE" > "$out/scale-$n$tag.json.tmp"
   mv "$out/scale-$n$tag.json.tmp" "$out/scale-$n$tag.json"
 done

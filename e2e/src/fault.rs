@@ -14,8 +14,9 @@ use serde_json::{Value, json};
 
 use crate::repo_root;
 
-/// One write the API server logged (e2e/cluster/up.sh's audit policy: every
-/// write by a ServiceAccount of GoGrid's namespace).
+/// One request the API server logged (e2e/cluster/up.sh's audit policy: every
+/// write by a ServiceAccount of GoGrid's namespace, and its reads too with
+/// GOGRID_AUDIT_READS=1).
 #[derive(Debug, Clone)]
 pub struct AuditWrite {
     /// When the API server received it.
@@ -41,6 +42,14 @@ pub struct AuditWrite {
 }
 
 impl AuditWrite {
+    /// Whether the request wrote (create, update, patch, delete).
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self.verb.as_str(),
+            "create" | "update" | "patch" | "delete" | "deletecollection"
+        )
+    }
+
     /// Whether it came from the operator's ServiceAccount.
     pub fn by_operator(&self) -> bool {
         self.user.ends_with(":gogrid-operator")
@@ -83,12 +92,21 @@ fn audit_path() -> PathBuf {
 
 /// The writes logged at or after `since`.
 pub fn audit_writes(since: SystemTime) -> anyhow::Result<Vec<AuditWrite>> {
+    let mut out = audit_requests(since)?;
+    out.retain(AuditWrite::is_write);
+    Ok(out)
+}
+
+/// Every request logged at or after `since` (received then), read line by
+/// line: with reads audited the log grows to hundreds of megabytes.
+pub fn audit_requests(since: SystemTime) -> anyhow::Result<Vec<AuditWrite>> {
+    use std::io::BufRead as _;
     let path = audit_path();
-    let text = std::fs::read_to_string(&path)
+    let file = std::fs::File::open(&path)
         .with_context(|| format!("reading the API server's audit log {}", path.display()))?;
     let mut out = Vec::new();
-    for line in text.lines() {
-        let Ok(e) = serde_json::from_str::<Value>(line) else {
+    for line in std::io::BufReader::new(file).lines() {
+        let Ok(e) = serde_json::from_str::<Value>(&line?) else {
             continue;
         };
         if e["stage"] != "ResponseComplete" {
@@ -140,6 +158,17 @@ pub fn assert_no_spec_writes(since: SystemTime) -> anyhow::Result<usize> {
         &bad[..bad.len().min(5)]
     );
     Ok(writes.len())
+}
+
+/// Resident memory of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("process {pid}: no VmRSS"))
 }
 
 /// The pid the harness recorded for process `name` (e2e/.run/pids).

@@ -20,12 +20,7 @@ const WAIT: Duration = Duration::from_secs(240);
 
 /// Resident memory (KiB) and open file descriptors of `pid`.
 fn usage(pid: u32) -> anyhow::Result<(u64, usize)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
+    let rss = gogrid_e2e::fault::rss_kib(pid)?;
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
     Ok((rss, fds))
 }

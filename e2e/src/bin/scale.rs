@@ -15,15 +15,15 @@
 //! 5. a deployment on every node with a canary: `--edits` weight edits timed
 //!    to the moment each hollow agent applied them (its /hollow/splits);
 //! 6. `--idle` seconds of nothing changing: the requests the operator and the
-//!    agents send to the API server, from its audit log (`--audit`);
+//!    agents send to the API server, from its audit log;
 //! 7. resident memory of the operator, the hollow agents, kube-apiserver and
-//!    etcd (pid files in `--pids`).
+//!    etcd (the harness's pid files).
 //!
 //! One JSON object on stdout, progress on stderr.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,7 +31,7 @@ use anyhow::Context as _;
 use futures::{StreamExt as _, TryStreamExt as _};
 use gogrid_crds::{GpuNode, InferenceDeployment, ResourceProfile};
 use gogrid_e2e::bench::{arg, bucket_quantiles, buckets, summary, unix_now};
-use gogrid_e2e::{client, operator_metrics_url, scrape};
+use gogrid_e2e::{client, fault, operator_metrics_url, scrape};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -53,8 +53,6 @@ struct Args {
     agent: PathBuf,
     agent_kubeconfig: PathBuf,
     hollow_addr: String,
-    audit: PathBuf,
-    pids: PathBuf,
     dir: PathBuf,
     agent_namespace: String,
 }
@@ -76,8 +74,6 @@ impl Args {
             agent: path("--agent")?,
             agent_kubeconfig: path("--agent-kubeconfig")?,
             hollow_addr: arg("--hollow-addr", "127.0.0.1:9102"),
-            audit: path("--audit")?,
-            pids: path("--pids")?,
             dir: path("--dir")?,
             agent_namespace: arg("--agent-namespace", "gogrid-system"),
         })
@@ -452,112 +448,61 @@ async fn weight_edits(client: &kube::Client, args: &Args) -> anyhow::Result<Valu
 }
 
 /// Phase 6: what each GoGrid identity asks of the API server while nothing
-/// changes, from the audit log's completed requests in `[from, to]`.
+/// changes, from the audit log's requests received in `[from, to]`.
 fn idle_requests(args: &Args, from: f64, to: f64) -> anyhow::Result<Value> {
-    use std::io::BufRead as _;
-    let file = std::fs::File::open(&args.audit)
-        .with_context(|| format!("reading {}", args.audit.display()))?;
-    let prefix = format!("system:serviceaccount:{}:", args.agent_namespace);
-    // who -> verb -> count
-    let mut counts: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    let at = |unix: f64| std::time::UNIX_EPOCH + Duration::from_secs_f64(unix);
+    let end = at(to);
+    // who -> verb -> count, who -> resource written -> count, node -> agent writes
+    let mut counts: BTreeMap<&str, BTreeMap<String, u64>> = BTreeMap::new();
+    let mut writes: BTreeMap<&str, BTreeMap<String, u64>> = BTreeMap::new();
     let mut agent_writes_per_node: BTreeMap<String, u64> = BTreeMap::new();
-    // who -> resource written -> count
-    let mut writes: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    for line in std::io::BufReader::new(file).lines() {
-        let line = line?;
-        // Cheap filters first: the log also holds the whole cluster's writes.
-        if !line.contains(&prefix) || !line.contains("\"ResponseComplete\"") {
-            continue;
-        }
-        let Ok(e) = serde_json::from_str::<Value>(&line) else {
-            continue;
+    let (mut rates, mut lease) = (BTreeMap::<(&str, bool), u64>::new(), 0u64);
+    for r in fault::audit_requests(at(from))?
+        .into_iter()
+        .filter(|r| r.at <= end)
+    {
+        let who = match (r.by_operator(), r.by_agent()) {
+            (true, _) => "operator",
+            (_, true) => "agents",
+            _ => continue,
         };
-        if e["stage"] != "ResponseComplete" {
-            continue;
-        }
-        let Some(at) = e["stageTimestamp"]
-            .as_str()
-            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-        else {
-            continue;
-        };
-        let at = at.as_millisecond() as f64 / 1e3;
-        if at < from || at > to {
-            continue;
-        }
-        let user = e["user"]["username"].as_str().unwrap_or_default();
-        let Some(sa) = user.strip_prefix(&prefix) else {
-            continue;
-        };
-        let who = if sa.ends_with("-operator") {
-            "operator"
-        } else if sa.ends_with("-agent") {
-            "agents"
-        } else {
-            continue;
-        };
-        let verb = e["verb"].as_str().unwrap_or_default().to_owned();
-        let write = matches!(
-            verb.as_str(),
-            "create" | "update" | "patch" | "delete" | "deletecollection"
-        );
-        *counts
-            .entry(who.to_owned())
-            .or_default()
-            .entry(verb)
-            .or_default() += 1;
-        if write {
-            let resource = e["objectRef"]["resource"].as_str().unwrap_or_default();
-            let sub = e["objectRef"]["subresource"]
-                .as_str()
-                .map(|s| format!("/{s}"));
+        *rates.entry((who, r.is_write())).or_default() += 1;
+        if r.is_write() {
+            let sub = if r.subresource.is_empty() {
+                String::new()
+            } else {
+                format!("/{}", r.subresource)
+            };
             *writes
-                .entry(who.to_owned())
+                .entry(who)
                 .or_default()
-                .entry(format!("{resource}{}", sub.unwrap_or_default()))
+                .entry(format!("{}{sub}", r.resource))
                 .or_default() += 1;
+            if who == "agents" {
+                *agent_writes_per_node.entry(r.name.clone()).or_default() += 1;
+            }
+            // The leader's Lease renewals are the one write a running operator
+            // owes the API server (leader election), not a change of anything
+            // it manages.
+            lease += u64::from(who == "operator" && r.is_lease());
         }
-        if who == "agents" && write {
-            let node = e["objectRef"]["name"].as_str().unwrap_or_default();
-            *agent_writes_per_node.entry(node.to_owned()).or_default() += 1;
-        }
+        *counts.entry(who).or_default().entry(r.verb).or_default() += 1;
     }
     let seconds = to - from;
-    let rate = |who: &str, write: bool| -> f64 {
-        counts.get(who).map_or(0, |verbs| {
-            verbs
-                .iter()
-                .filter(|(v, _)| {
-                    write
-                        == matches!(
-                            v.as_str(),
-                            "create" | "update" | "patch" | "delete" | "deletecollection"
-                        )
-                })
-                .map(|(_, n)| n)
-                .sum::<u64>()
-        }) as f64
-            / seconds
-    };
-    let per_node_min: Vec<f64> = agent_writes_per_node
+    let rate =
+        |who: &str, write: bool| rates.get(&(who, write)).copied().unwrap_or(0) as f64 / seconds;
+    let max_per_node = agent_writes_per_node
         .values()
         .map(|n| *n as f64 * 60.0 / seconds)
-        .collect();
-    let max_per_node = per_node_min.iter().copied().fold(0.0, f64::max);
-    // The leader's Lease renewals are the one write a running operator owes
-    // the API server (leader election), not a change of anything it manages.
-    let lease = writes
-        .get("operator")
-        .and_then(|w| w.get("leases"))
-        .copied()
-        .unwrap_or(0) as f64;
+        .fold(0.0, f64::max);
+    let lease = lease as f64 / seconds;
     Ok(json!({
         "window_s": seconds,
         "by_verb": counts,
         "writes_by_resource": writes,
         "operator_writes_per_s": rate("operator", true),
-        "operator_lease_renewals_per_s": lease / seconds,
-        "operator_writes_but_lease_per_s": rate("operator", true) - lease / seconds,
+        "operator_lease_renewals_per_s": lease,
+        "operator_writes_but_lease_per_s": rate("operator", true) - lease,
         "operator_reads_per_s": rate("operator", false),
         "agent_writes_per_s": rate("agents", true),
         "agent_reads_per_s": rate("agents", false),
@@ -568,26 +513,7 @@ fn idle_requests(args: &Args, from: f64, to: f64) -> anyhow::Result<Value> {
 
 /// Resident memory of process `pid`, in MiB.
 fn rss_mib(pid: u32) -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .context("no VmRSS")?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()?;
-    Ok(kb / 1024.0)
-}
-
-/// The pid recorded in `<dir>/<name>.pid` (`<pid> <executable>`).
-fn pid_of(dir: &Path, name: &str) -> anyhow::Result<u32> {
-    let text = std::fs::read_to_string(dir.join(format!("{name}.pid")))?;
-    Ok(text
-        .split_whitespace()
-        .next()
-        .context("empty pid file")?
-        .parse()?)
+    Ok(fault::rss_kib(pid)? as f64 / 1024.0)
 }
 
 #[tokio::main]
@@ -622,7 +548,7 @@ async fn main() -> anyhow::Result<()> {
     let idle = idle_requests(&args, from, to)?;
     let mut memory = serde_json::Map::new();
     for name in ["operator", "kube-apiserver", "etcd"] {
-        memory.insert(name.into(), json!(rss_mib(pid_of(&args.pids, name)?)?));
+        memory.insert(name.into(), json!(rss_mib(fault::pid_of(name)?)?));
     }
     if let Some(pid) = hollow.id() {
         memory.insert("hollow_agents".into(), json!(rss_mib(pid)?));

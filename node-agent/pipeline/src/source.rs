@@ -29,6 +29,12 @@ pub fn parse_sha256(value: &str) -> Result<&str, LoadError> {
 
 /// The sha256 of a file, as 64 lowercase hexadecimal digits, read in a streaming way.
 pub fn sha256_file(path: &Path) -> Result<String, LoadError> {
+    hash_reading(path, |_| {})
+}
+
+/// Reads `path` through in 1 MiB chunks, handing each to `chunk` as it is
+/// hashed; the digest, as 64 lowercase hexadecimal digits.
+fn hash_reading(path: &Path, mut chunk: impl FnMut(&[u8])) -> Result<String, LoadError> {
     let mut file = std::fs::File::open(path).map_err(|e| LoadError::io(path, e))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -38,6 +44,7 @@ pub fn sha256_file(path: &Path) -> Result<String, LoadError> {
             break;
         }
         hasher.update(&buf[..n]);
+        chunk(&buf[..n]);
     }
     Ok(to_hex(&hasher.finalize()))
 }
@@ -55,27 +62,16 @@ pub fn read_verified(path: &Path, expected: Option<&str>) -> Result<Vec<u8>, Loa
             source: std::io::Error::other("it is not a regular file"),
         });
     }
-    let mut file = std::fs::File::open(path).map_err(|e| LoadError::io(path, e))?;
-    let mut hasher = Sha256::new();
     let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(|e| LoadError::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        data.extend_from_slice(&buf[..n]);
-    }
-    if let Some(expected) = expected {
-        let actual = to_hex(&hasher.finalize());
-        if actual != expected {
-            return Err(LoadError::ChecksumMismatch {
-                path: path.to_path_buf(),
-                expected: expected.to_string(),
-                actual,
-            });
-        }
+    let actual = hash_reading(path, |chunk| data.extend_from_slice(chunk))?;
+    if let Some(expected) = expected
+        && actual != expected
+    {
+        return Err(LoadError::ChecksumMismatch {
+            path: path.to_path_buf(),
+            expected: expected.to_string(),
+            actual,
+        });
     }
     Ok(data)
 }

@@ -38,15 +38,7 @@ pub const WATCH_TIMEOUT_SECONDS: u32 = 30;
 pub fn label_changes(
     nodes: impl futures::Stream<Item = Arc<Node>> + Send + 'static,
 ) -> impl futures::Stream<Item = Arc<Node>> + Send + 'static {
-    let mut seen: HashMap<String, u64> = HashMap::new();
-    nodes.filter(move |n| {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        n.metadata.labels.hash(&mut h);
-        n.metadata.deletion_timestamp.is_some().hash(&mut h);
-        let h = h.finish();
-        let name = n.metadata.name.clone().unwrap_or_default();
-        future::ready(seen.insert(name, h) != Some(h))
-    })
+    changes_of(nodes, |n, h| n.metadata.labels.hash(h))
 }
 
 /// The GpuNode events that change more than the heartbeat time: an agent
@@ -57,17 +49,29 @@ pub fn label_changes(
 pub fn content_changes(
     gpunodes: impl futures::Stream<Item = Arc<GpuNode>> + Send + 'static,
 ) -> impl futures::Stream<Item = Arc<GpuNode>> + Send + 'static {
-    let mut seen: HashMap<String, u64> = HashMap::new();
-    gpunodes.filter(move |g| {
+    changes_of(gpunodes, |g, h| {
         let mut status = g.status.clone();
         if let Some(s) = status.as_mut() {
             s.heartbeat_time = None;
         }
+        serde_json::to_vec(&status).unwrap_or_default().hash(h);
+    })
+}
+
+/// The objects of `objects` whose fingerprint (what `fingerprint` hashes,
+/// and whether it is being deleted) differs from the last one passed under
+/// the same name.
+fn changes_of<K: Resource + Send + Sync + 'static>(
+    objects: impl futures::Stream<Item = Arc<K>> + Send + 'static,
+    fingerprint: impl Fn(&K, &mut std::collections::hash_map::DefaultHasher) + Send + 'static,
+) -> impl futures::Stream<Item = Arc<K>> + Send + 'static {
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    objects.filter(move |o| {
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        serde_json::to_vec(&status).unwrap_or_default().hash(&mut h);
-        g.metadata.deletion_timestamp.is_some().hash(&mut h);
+        fingerprint(o, &mut h);
+        o.meta().deletion_timestamp.is_some().hash(&mut h);
         let h = h.finish();
-        let name = g.metadata.name.clone().unwrap_or_default();
+        let name = o.meta().name.clone().unwrap_or_default();
         future::ready(seen.insert(name, h) != Some(h))
     })
 }
