@@ -20,6 +20,12 @@ use crate::{Error, Result};
 
 const CONTROLLER: &str = "node";
 
+/// Node patches in flight at once. A new profile that matches a thousand nodes
+/// made a thousand patches at once, and the profile's DaemonSet, applied by
+/// the same client in the same API priority flow, waited behind all of them
+/// (9.7 s at 1000 nodes); with a few in flight it goes through between them.
+const CONCURRENCY: u16 = 8;
+
 /// Run until `shutdown` resolves, on the shared watches of Nodes and profiles.
 pub async fn run(
     ctx: Context,
@@ -38,6 +44,7 @@ pub async fn run(
                 .map(|n| ObjectRef::from_obj(&*n))
                 .collect::<Vec<_>>()
         })
+        .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, Arc::new(ctx))
         .for_each(|_| futures::future::ready(()))
