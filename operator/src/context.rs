@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gogrid_crds::{GpuNode, InferenceDeployment, ResourceProfile};
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::Store;
 
 use crate::config::OperatorConfig;
@@ -24,6 +25,10 @@ pub struct Stores {
     pub gpunodes: Store<GpuNode>,
     /// Every InferenceDeployment.
     pub deployments: Store<InferenceDeployment>,
+    /// The Services of the deployments (label `gogrid.io/deployment`).
+    pub services: Store<Service>,
+    /// The EndpointSlices of the deployments (label `gogrid.io/deployment`).
+    pub slices: Store<EndpointSlice>,
 }
 
 impl Stores {
@@ -34,7 +39,23 @@ impl Stores {
         self.nodes.wait_until_ready().await?;
         self.profiles.wait_until_ready().await?;
         self.gpunodes.wait_until_ready().await?;
-        self.deployments.wait_until_ready().await
+        self.deployments.wait_until_ready().await?;
+        self.services.wait_until_ready().await?;
+        self.slices.wait_until_ready().await
+    }
+
+    /// Caches with nothing in them (tests fill them through their writers).
+    #[cfg(test)]
+    pub fn empty() -> Self {
+        use kube::runtime::reflector::store;
+        Self {
+            nodes: store().0,
+            profiles: store().0,
+            gpunodes: store().0,
+            deployments: store().0,
+            services: store().0,
+            slices: store().0,
+        }
     }
 }
 
@@ -45,6 +66,8 @@ impl std::fmt::Debug for Stores {
             .field("profiles", &self.profiles.len())
             .field("gpunodes", &self.gpunodes.len())
             .field("deployments", &self.deployments.len())
+            .field("services", &self.services.len())
+            .field("slices", &self.slices.len())
             .finish()
     }
 }
@@ -197,16 +220,10 @@ impl Context {
 mod tests {
     use super::*;
     use crate::fixtures::FakeApi;
-    use kube::runtime::reflector;
 
     #[tokio::test]
     async fn failures_back_off_doubling_to_five_minutes_and_a_success_resets_them() {
-        let stores = Stores {
-            nodes: reflector::store().0,
-            profiles: reflector::store().0,
-            gpunodes: reflector::store().0,
-            deployments: reflector::store().0,
-        };
+        let stores = Stores::empty();
         let ctx = Context::for_tests(FakeApi::default().client(), stores);
         let delays: Vec<u64> = (0..12)
             .map(|_| ctx.next_backoff("rp/a").as_secs())

@@ -42,3 +42,13 @@ pub fn watch_backoff() -> impl kube::runtime::utils::Backoff {
         Duration::from_secs(120),
     )
 }
+
+/// What a cache of either binary keeps of a watched object: all of it but its
+/// `managedFields`, the API server's record of which manager set which field.
+/// Neither binary reads them, and on an object that the operator and the
+/// agents write with server-side apply they were a large share of its size:
+/// every agent holds every InferenceDeployment, so that share was paid once
+/// per node.
+pub fn without_managed_fields<K: kube::Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
+}

@@ -197,6 +197,7 @@ pub async fn follow(
         watcher::Config::default().timeout(super::WATCH_TIMEOUT_SECONDS),
     )
     .backoff(gogrid_runtime::kube_client::watch_backoff())
+    .modify(gogrid_runtime::kube_client::without_managed_fields)
     .reflect(writer);
     let mut stream = std::pin::pin!(stream);
     let mut listing = false;

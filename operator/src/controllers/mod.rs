@@ -13,8 +13,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::{StreamExt, future};
+use gogrid_crds::labels::DEPLOYMENT_LABEL;
 use gogrid_crds::{GpuNode, InferenceDeployment, ResourceProfile};
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::runtime::{WatchStreamExt, conditions, reflector, wait::await_condition, watcher};
 use kube::{Api, Resource};
@@ -74,6 +76,16 @@ fn changes_of<K: Resource + Send + Sync + 'static>(
         let name = o.meta().name.clone().unwrap_or_default();
         future::ready(seen.insert(name, h) != Some(h))
     })
+}
+
+/// What the operator keeps of a Node: its metadata without managedFields.
+/// Placement, the labeller and the profiles read a node's name, labels and
+/// deletion only; its status (conditions, addresses, capacity, images) is most
+/// of the object and changes with every heartbeat.
+pub fn node_metadata(node: &mut Node) {
+    gogrid_runtime::kube_client::without_managed_fields(node);
+    node.spec = None;
+    node.status = None;
 }
 
 /// At most one item per `every`, the newest of those that arrived meanwhile
@@ -155,9 +167,19 @@ where
             .unwrap_or_else(|| unreachable!("a shared store always has subscribers"))
     }
 
-    /// Watches `api` into the cache until `stop`; returns the cache.
-    fn start(self, api: Api<K>, stop: &CancellationToken) -> reflector::Store<K> {
-        let stream = watch(api)
+    /// Watches the objects of `api` that `labels` selects (all with `""`)
+    /// into the cache until `stop`, each object `trim`med of what the
+    /// operator never reads before it is kept; returns the cache.
+    fn start(
+        self,
+        api: Api<K>,
+        labels: &str,
+        trim: fn(&mut K),
+        stop: &CancellationToken,
+    ) -> reflector::Store<K> {
+        let stream = watcher(api, watcher_config().labels(labels))
+            .backoff(gogrid_runtime::kube_client::watch_backoff())
+            .modify(trim)
             .reflect_shared(self.writer)
             .for_each(|_| future::ready(()));
         let stop = stop.clone();
@@ -189,6 +211,10 @@ pub struct Subscriptions {
     pub gpunodes: reflector::ReflectHandle<GpuNode>,
     /// InferenceDeployments, for their controller.
     pub deployments: reflector::ReflectHandle<InferenceDeployment>,
+    /// The deployments' Services, for their controller (its children).
+    pub services: reflector::ReflectHandle<Service>,
+    /// The deployments' EndpointSlices, for their controller (its children).
+    pub slices: reflector::ReflectHandle<EndpointSlice>,
 }
 
 impl std::fmt::Debug for Subscriptions {
@@ -228,6 +254,10 @@ pub async fn run(
         SharedWatch::<GpuNode>::new(),
         SharedWatch::<InferenceDeployment>::new(),
     );
+    let (services, slices) = (
+        SharedWatch::<Service>::new(),
+        SharedWatch::<EndpointSlice>::new(),
+    );
     // Every subscription exists before its watch starts, so that each
     // controller sees every object of the first list.
     let subs = Subscriptions {
@@ -239,12 +269,20 @@ pub async fn run(
         profiles_for_deployments: profiles.subscribe(),
         gpunodes: gpunodes.subscribe(),
         deployments: deployments.subscribe(),
+        services: services.subscribe(),
+        slices: slices.subscribe(),
     };
+    use gogrid_runtime::kube_client::without_managed_fields as slim;
+    // The children are read from caches of what the operator made (the
+    // deployment label), not with a GET and a LIST per reconcile.
+    let all = "";
     let stores = Stores {
-        nodes: nodes.start(Api::all(client.clone()), &stop),
-        profiles: profiles.start(Api::all(client.clone()), &stop),
-        gpunodes: gpunodes.start(Api::all(client.clone()), &stop),
-        deployments: deployments.start(Api::all(client.clone()), &stop),
+        nodes: nodes.start(Api::all(client.clone()), all, node_metadata, &stop),
+        profiles: profiles.start(Api::all(client.clone()), all, slim, &stop),
+        gpunodes: gpunodes.start(Api::all(client.clone()), all, slim, &stop),
+        deployments: deployments.start(Api::all(client.clone()), all, slim, &stop),
+        services: services.start(Api::all(client.clone()), DEPLOYMENT_LABEL, slim, &stop),
+        slices: slices.start(Api::all(client.clone()), DEPLOYMENT_LABEL, slim, &stop),
     };
     ctx.stores = Some(stores.clone());
     let shutdown = {
@@ -288,6 +326,8 @@ pub async fn run(
                 gpunodes: subs.gpunodes,
                 profiles: subs.profiles_for_deployments,
                 nodes: subs.nodes_for_deployments,
+                services: subs.services,
+                slices: subs.slices,
             },
             shutdown()
         ),
@@ -335,6 +375,40 @@ mod tests {
         // What a heartbeat changes: the status and the resourceVersion.
         n.metadata.resource_version = Some(heartbeat.to_string());
         Arc::new(n)
+    }
+
+    #[test]
+    fn the_operator_keeps_a_nodes_name_labels_and_deletion_only() {
+        use k8s_openapi::api::core::v1::{NodeCondition, NodeSpec, NodeStatus};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, Time};
+        let mut n = (*node("n1", "desk", 7)).clone();
+        n.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+        n.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+            manager: Some("kubelet".into()),
+            ..Default::default()
+        }]);
+        n.spec = Some(NodeSpec {
+            pod_cidr: Some("10.0.0.0/24".into()),
+            ..Default::default()
+        });
+        n.status = Some(NodeStatus {
+            conditions: Some(vec![NodeCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        let before = n.clone();
+        node_metadata(&mut n);
+        assert_eq!(n.metadata.managed_fields, None);
+        assert_eq!((n.spec.as_ref(), n.status.as_ref()), (None, None));
+        assert_eq!(n.metadata.name, before.metadata.name);
+        assert_eq!(n.metadata.labels, before.metadata.labels);
+        assert_eq!(
+            n.metadata.deletion_timestamp,
+            before.metadata.deletion_timestamp
+        );
     }
 
     #[tokio::test]

@@ -1,17 +1,20 @@
 //! Writes the deployment's Services, EndpointSlices and ServiceMonitor when they
 //! differ from the desired ones, and removes those no longer wanted.
 
+use std::sync::Arc;
+
 use gogrid_crds::InferenceDeployment;
 use gogrid_crds::labels::{DEPLOYMENT_LABEL, ENDPOINTSLICE_MANAGER};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{DynamicObject, ListParams};
+use kube::api::DynamicObject;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
 use super::CONTROLLER;
 use super::build::{self, Role};
 use crate::context::Context;
-use crate::{Error, Result, apply as ssa};
+use crate::{Result, apply as ssa};
 
 /// The children a deployment should have.
 #[derive(Clone, Debug)]
@@ -34,22 +37,27 @@ pub async fn apply(
     let name = infd.name_any();
     let mut writes = 0;
 
+    // What exists is read from the operator's caches of its children: a
+    // child that changed since is a watch event that reconciles again.
+    let stores = ctx.stores();
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
     for role in [Role::Main, Role::Preview] {
-        let existing = ssa::get_opt(&services, &role.service_name(&name)).await?;
+        let existing = stores
+            .services
+            .get(&ObjectRef::new(&role.service_name(&name)).within(&ns));
+        let existing = existing.as_deref();
         match children.services.iter().find(|(r, _)| *r == role) {
             Some((_, desired)) => {
-                if ssa::apply(&services, desired, existing.as_ref()).await? {
+                if ssa::apply(&services, desired, existing).await? {
                     ctx.metrics.write(CONTROLLER, "Service");
                     writes += 1;
                 }
             }
             None => {
                 // Only remove what this operator made.
-                let ours = existing
-                    .as_ref()
-                    .is_some_and(|s| s.labels().get(DEPLOYMENT_LABEL) == Some(&name));
-                if ours && ssa::delete_if_present(&services, existing.as_ref()).await? {
+                let ours =
+                    existing.is_some_and(|s| s.labels().get(DEPLOYMENT_LABEL) == Some(&name));
+                if ours && ssa::delete_if_present(&services, existing).await? {
                     ctx.metrics.write(CONTROLLER, "Service");
                     writes += 1;
                 }
@@ -58,20 +66,25 @@ pub async fn apply(
     }
 
     let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
-    let selector = format!(
-        "{DEPLOYMENT_LABEL}={name},endpointslice.kubernetes.io/managed-by={ENDPOINTSLICE_MANAGER}"
-    );
-    let existing = slices
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(Error::kube(format!(
-            "listing EndpointSlices of {ns}/{name}"
-        )))?
-        .items;
+    let existing: Vec<Arc<EndpointSlice>> = stores
+        .slices
+        .state()
+        .into_iter()
+        .filter(|e| e.namespace().as_deref() == Some(ns.as_str()))
+        .filter(|e| {
+            let labels = e.labels();
+            labels.get(DEPLOYMENT_LABEL) == Some(&name)
+                && labels
+                    .get("endpointslice.kubernetes.io/managed-by")
+                    .map(String::as_str)
+                    == Some(ENDPOINTSLICE_MANAGER)
+        })
+        .collect();
     for desired in &children.slices {
         let current = existing
             .iter()
-            .find(|e| e.metadata.name == desired.metadata.name);
+            .find(|e| e.metadata.name == desired.metadata.name)
+            .map(|e| e.as_ref());
         if ssa::apply(&slices, desired, current).await? {
             ctx.metrics.write(CONTROLLER, "EndpointSlice");
             writes += 1;
@@ -83,7 +96,7 @@ pub async fn apply(
             .iter()
             .any(|d| d.metadata.name == e.metadata.name)
     }) {
-        if ssa::delete_if_present(&slices, Some(surplus)).await? {
+        if ssa::delete_if_present(&slices, Some(surplus.as_ref())).await? {
             ctx.metrics.write(CONTROLLER, "EndpointSlice");
             writes += 1;
         }

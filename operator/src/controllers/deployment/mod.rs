@@ -66,6 +66,10 @@ pub struct Streams {
     pub profiles: ReflectHandle<ResourceProfile>,
     /// Nodes (placement).
     pub nodes: ReflectHandle<Node>,
+    /// Its Services.
+    pub services: ReflectHandle<Service>,
+    /// Its EndpointSlices.
+    pub slices: ReflectHandle<EndpointSlice>,
 }
 
 impl std::fmt::Debug for Streams {
@@ -84,8 +88,8 @@ pub async fn run(
     let store = ctx.stores().deployments.clone();
     let (s1, s2, s3, s4) = (store.clone(), store.clone(), store.clone(), store.clone());
     Controller::for_shared_stream(streams.deployments, store)
-        .owns_stream(super::watch(Api::<Service>::all(client.clone())).touched_objects())
-        .owns_stream(super::watch(Api::<EndpointSlice>::all(client.clone())).touched_objects())
+        .owns_shared_stream(streams.services)
+        .owns_shared_stream(streams.slices)
         .watches_shared_stream(super::content_changes(streams.gpunodes), move |g| {
             let node = g.name_any();
             refs_where(&s1, |d| placed_on(d, &node) || short_of_nodes(d))
@@ -434,6 +438,28 @@ mod tests {
             profiles,
             gpunodes,
             deployments,
+            ..Stores::empty()
+        }
+    }
+
+    /// `stores` with the children's caches as the watches fill them from
+    /// what the API server holds now.
+    fn with_children(stores: Stores, api: &FakeApi) -> Stores {
+        fn cache<K>(object: Option<serde_json::Value>) -> reflector::Store<K>
+        where
+            K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned,
+        {
+            let (store, mut writer) = reflector::store();
+            if let Some(o) = object {
+                let o: K = serde_json::from_value(o).expect("a child");
+                writer.apply_watcher_event(&watcher::Event::Apply(o));
+            }
+            store
+        }
+        Stores {
+            services: cache(api.get(SVC)),
+            slices: cache(api.get(SLICE)),
+            ..stores
         }
     }
 
@@ -471,7 +497,11 @@ mod tests {
         assert_eq!((status.replicas, status.ready_replicas), (1, 1));
         assert!(conditions::is_true(&status.conditions, conditions::READY));
         api.clear_requests();
-        reconcile(Arc::new(infd), ctx.clone())
+        let ctx = Arc::new(Context::for_tests(
+            api.client(),
+            with_children(stores(&infd, &heartbeat), &api),
+        ));
+        reconcile(Arc::new(infd), ctx)
             .await
             .expect("second reconcile");
         assert_eq!(

@@ -116,8 +116,7 @@ mod tests {
         Stores {
             nodes,
             profiles,
-            gpunodes: reflector::store().0,
-            deployments: reflector::store().0,
+            ..Stores::empty()
         }
     }
 
