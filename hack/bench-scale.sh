@@ -23,15 +23,24 @@ out=${GOGRID_BENCH_OUT:-docs/bench}
 edits=${GOGRID_SCALE_EDITS:-20}
 idle=${GOGRID_SCALE_IDLE:-120}
 tag=${GOGRID_SCALE_TAG:-}
-target=${CARGO_TARGET_DIR:-target}
+# Release builds, as a cluster runs them (GOGRID_SCALE_PROFILE=debug for the
+# figures of a debug build, e.g. the first 100-node run in docs/benchmarks.md).
+profile=${GOGRID_SCALE_PROFILE:-release}
+case $profile in
+  release) cargo_profile=(--release) ;;
+  debug) cargo_profile=() ;;
+  *) echo "GOGRID_SCALE_PROFILE must be release or debug (got $profile)" >&2; exit 2 ;;
+esac
+bin=${CARGO_TARGET_DIR:-target}/$profile
 log() { printf '==> %s\n' "$*" >&2; }
 
 # 1000 watches and clients in one process, and as many in the API server.
 ulimit -n "$(ulimit -Hn)"
 
-log "building the operator, the agent and the scale bench (cargo build, debug)"
-cargo build -q -p gogrid-operator -p gogrid-agent
-cargo build -q -p gogrid-e2e --bin scale --bin apiproxy
+log "building the operator, the agent and the scale bench (cargo build, $profile)"
+cargo build "${cargo_profile[@]}" -p gogrid-operator -p gogrid-agent
+cargo build "${cargo_profile[@]}" -p gogrid-e2e --bin scale --bin apiproxy
+export GOGRID_OPERATOR_BIN=$bin/gogrid-operator GOGRID_AGENT_BIN=$bin/gogrid-agent GOGRID_APIPROXY_BIN=$bin/apiproxy
 mkdir -p "$out"
 . e2e/cluster/lib.sh
 
@@ -53,8 +62,8 @@ for n in $sizes; do
     "$(gg_kubectl create token "$agent_sa" -n "$GG_NAMESPACE" --duration=24h)"
   log "$n hollow nodes: measuring (progress below)"
   ip netns exec "$GG_CP_NS" env KUBECONFIG="$GG_RUN/kubeconfig" \
-    "$target/debug/scale" --nodes "$n" --deployments "$n" --edits "$edits" --idle "$idle" \
-    --agent "$target/debug/gogrid-agent" --agent-kubeconfig "$GG_RUN/kubeconfig-hollow" \
+    "$bin/scale" --nodes "$n" --deployments "$n" --edits "$edits" --idle "$idle" \
+    --agent "$bin/gogrid-agent" --agent-kubeconfig "$GG_RUN/kubeconfig-hollow" \
     --hollow-addr 127.0.0.1:9102 --dir "$GG_RUN" \
     --agent-namespace "$GG_NAMESPACE" > "$out/scale-$n$tag.json.tmp"
   mv "$out/scale-$n$tag.json.tmp" "$out/scale-$n$tag.json"

@@ -99,13 +99,17 @@ for label, path, unit, goal, check in FIGURES:
 
 text = [f"Measured {datetime.date.today().isoformat()} on {platform.machine()}, "
         f"{os.cpu_count()} CPUs: {', '.join(str(n) for n in sizes)} kwok nodes with as many "
-        "InferenceDeployments, all agents in one `gogrid-agent hollow` process.", "", *lines]
+        "InferenceDeployments, all agents in one `gogrid-agent hollow` process; "
+        + ", ".join(f"{n} nodes: {runs[n].get('build', 'debug')} build" for n in sizes) + ".", "", *lines]
 if before:
     text += ["", "Before and after the fix (same bench, same size):", "",
              "| Figure | Size | Before | After |", "|---|---|---|---|"]
     for n in sorted(before):
         if n not in runs:
             continue
+        builds = (before[n].get("build", "debug"), runs[n].get("build", "debug"))
+        if builds[0] != builds[1]:
+            text.append(f"| build | {n} | {builds[0]} | {builds[1]} |")
         for label, path, unit, _, _ in FIGURES:
             a, b = get(before[n], path), get(runs[n], path)
             if a is not None or b is not None:

@@ -562,6 +562,8 @@ async fn main() -> anyhow::Result<()> {
         "{}",
         json!({
             "nodes": args.nodes,
+            // The bench is built with the operator and the agent it runs.
+            "build": if cfg!(debug_assertions) { "debug" } else { "release" },
             "baseline_daemonset": baseline,
             "profile_daemonset": profile,
             "hollow": hollow_report,
