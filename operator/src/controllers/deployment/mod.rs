@@ -50,11 +50,25 @@ fn placed_on(d: &InferenceDeployment, node: &str) -> bool {
         .any(|p| p.node == node)
 }
 
+/// Whether a deployment may gain a node from the report of a node it is not
+/// placed on: it has no placement yet, or fewer nodes than it wants (Degraded
+/// for InsufficientCapacity). One that is only not Ready yet waits on its own
+/// nodes' reports; mapping every GpuNode change to every deployment not Ready
+/// made a thousand deployments created at once be reconciled again on each of
+/// a thousand agents' reports, until the API server answered 504.
 fn short_of_nodes(d: &InferenceDeployment) -> bool {
-    d.status
-        .as_ref()
-        .is_none_or(|s| !conditions::is_true(&s.conditions, conditions::READY))
+    d.status.as_ref().is_none_or(|s| {
+        conditions::find(&s.conditions, conditions::DEGRADED)
+            .is_some_and(|c| c.status == "True" && c.reason == INSUFFICIENT_CAPACITY)
+    })
 }
+
+/// The Degraded reason of a deployment placed on fewer nodes than it wants.
+pub(crate) const INSUFFICIENT_CAPACITY: &str = "InsufficientCapacity";
+
+/// Reconciles in flight at once: a burst (a thousand deployments created, a
+/// profile's nodes all reporting) queues here instead of at the API server.
+const CONCURRENCY: u16 = 32;
 
 /// The shared watches the controller follows.
 pub struct Streams {
@@ -118,7 +132,11 @@ pub async fn run(
         // A short debounce folds a burst of GpuNode writes (every agent
         // reporting a new split at once) into one reconcile, without adding
         // much to the time an edit takes to reach the agents.
-        .with_config(kube::runtime::controller::Config::default().debounce(DEBOUNCE))
+        .with_config(
+            kube::runtime::controller::Config::default()
+                .debounce(DEBOUNCE)
+                .concurrency(CONCURRENCY),
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, Arc::new(ctx))
         .for_each(|_| futures::future::ready(()))
@@ -461,6 +479,42 @@ mod tests {
             slices: cache(api.get(SLICE)),
             ..stores
         }
+    }
+
+    #[test]
+    fn only_a_deployment_without_placement_or_short_of_nodes_follows_other_nodes_reports() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+        let degraded = |reason: &str| {
+            let mut d = build::tests::deployment("chat");
+            d.status = Some(gogrid_crds::InferenceDeploymentStatus {
+                conditions: vec![Condition {
+                    type_: conditions::DEGRADED.into(),
+                    status: "True".into(),
+                    reason: reason.into(),
+                    message: String::new(),
+                    last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        jiff::Timestamp::UNIX_EPOCH,
+                    ),
+                    observed_generation: None,
+                }],
+                ..Default::default()
+            });
+            d
+        };
+        let mut new = build::tests::deployment("chat");
+        new.status = None;
+        assert!(short_of_nodes(&new), "not placed yet");
+        assert!(short_of_nodes(&degraded(INSUFFICIENT_CAPACITY)));
+        assert!(
+            !short_of_nodes(&degraded("PipelineFailed")),
+            "a failure on its own nodes is their reports' business"
+        );
+        let mut placed = build::tests::deployment("chat");
+        placed.status = Some(Default::default());
+        assert!(
+            !short_of_nodes(&placed),
+            "placed, not Ready yet: its own nodes' reports"
+        );
     }
 
     const SVC: &str = "/api/v1/namespaces/team-a/services/chat";

@@ -78,7 +78,11 @@ pub fn desired(
             format!("{field}: PersistentVolumeClaim {claim:?} does not exist in namespace {ns}"),
         )
     } else if let Some(s) = &o.placement.shortfall {
-        Desired::yes(conditions::DEGRADED, "InsufficientCapacity", s.message())
+        Desired::yes(
+            conditions::DEGRADED,
+            super::INSUFFICIENT_CAPACITY,
+            s.message(),
+        )
     } else if let Some(Failure {
         node,
         version,
