@@ -10,7 +10,7 @@ pub mod load;
 pub mod openloop;
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,13 @@ use anyhow::{Context as _, bail};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    // cargo names the package's directory when it runs a test; the path
+    // compiled in is the fallback for a binary run by hand. A test binary
+    // cargo reused from another checkout (one CARGO_TARGET_DIR for both)
+    // would otherwise look for that checkout's cluster.
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("..")
 }
 
 /// Path of the kubeconfig of the cluster under test.
