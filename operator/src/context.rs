@@ -190,8 +190,11 @@ impl Context {
     }
 
     /// Whether the API server serves `servicemonitors.monitoring.coreos.com`
-    /// (cached for a minute).
-    pub async fn service_monitor_served(&self) -> bool {
+    /// (cached for a minute). A discovery that failed is an error, not "not
+    /// served": taken for an answer, it left the deployments reconciled in
+    /// that minute without their ServiceMonitors, which the next look a
+    /// minute later created while nothing had changed.
+    pub async fn service_monitor_served(&self) -> Result<bool, kube::Error> {
         let cached = *self
             .service_monitor_served
             .lock()
@@ -199,20 +202,21 @@ impl Context {
         if let Some((at, served)) = cached
             && at.elapsed() < Duration::from_secs(60)
         {
-            return served;
+            return Ok(served);
         }
         let served = match kube::discovery::group(&self.client, "monitoring.coreos.com").await {
             Ok(group) => group
                 .recommended_resources()
                 .iter()
                 .any(|(r, _)| r.plural == "servicemonitors"),
-            Err(_) => false,
+            Err(kube::Error::Discovery(kube::error::DiscoveryError::MissingApiGroup(_))) => false,
+            Err(e) => return Err(e),
         };
         *self
             .service_monitor_served
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), served));
-        served
+        Ok(served)
     }
 }
 

@@ -14,7 +14,7 @@ use kube::{Api, ResourceExt};
 use super::CONTROLLER;
 use super::build::{self, Role};
 use crate::context::Context;
-use crate::{Result, apply as ssa};
+use crate::{Error, Result, apply as ssa};
 
 /// The children a deployment should have.
 #[derive(Clone, Debug)]
@@ -102,7 +102,11 @@ pub async fn apply(
         }
     }
 
-    if ctx.service_monitor_served().await {
+    let served = ctx
+        .service_monitor_served()
+        .await
+        .map_err(Error::kube("discovering monitoring.coreos.com".to_owned()))?;
+    if served {
         let api: Api<DynamicObject> =
             Api::namespaced_with(ctx.client.clone(), &ns, &build::service_monitor_resource());
         let existing = ssa::get_opt(&api, &name).await?;
