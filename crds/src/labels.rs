@@ -22,7 +22,9 @@ pub const AGENT_COMPONENT: &str = "agent";
 pub const OPERATOR_MANAGER: &str = "gogrid-operator";
 /// The field manager each agent writes its GpuNode with.
 pub const AGENT_MANAGER: &str = "gogrid-agent";
-/// `endpointslice.kubernetes.io/managed-by` value on slices the operator owns.
+/// Standard label naming the controller of an EndpointSlice.
+pub const ENDPOINTSLICE_MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
+/// [`ENDPOINTSLICE_MANAGED_BY_LABEL`] value on slices the operator owns.
 pub const ENDPOINTSLICE_MANAGER: &str = "operator.gogrid.io";
 /// Name of the coordination.k8s.io Lease that elects the operator leader.
 pub const LEASE_NAME: &str = "gogrid-operator";

@@ -128,7 +128,23 @@ pub fn watch<K>(
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
 {
-    watcher(api, watcher_config()).backoff(gogrid_runtime::kube_client::watch_backoff())
+    watch_selected(api, "")
+}
+
+/// [`watch`] of the objects that the label selector `labels` selects (all
+/// of them with `""`).
+fn watch_selected<K>(
+    api: Api<K>,
+    labels: &str,
+) -> impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send + use<K>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    let config = match labels {
+        "" => watcher_config(),
+        selector => watcher_config().labels(selector),
+    };
+    watcher(api, config).backoff(gogrid_runtime::kube_client::watch_backoff())
 }
 
 /// One watch of a kind, shared by the read cache and every controller that
@@ -177,8 +193,7 @@ where
         trim: fn(&mut K),
         stop: &CancellationToken,
     ) -> reflector::Store<K> {
-        let stream = watcher(api, watcher_config().labels(labels))
-            .backoff(gogrid_runtime::kube_client::watch_backoff())
+        let stream = watch_selected(api, labels)
             .modify(trim)
             .reflect_shared(self.writer)
             .for_each(|_| future::ready(()));

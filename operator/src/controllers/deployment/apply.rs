@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use gogrid_crds::InferenceDeployment;
-use gogrid_crds::labels::{DEPLOYMENT_LABEL, ENDPOINTSLICE_MANAGER};
+use gogrid_crds::labels::{
+    DEPLOYMENT_LABEL, ENDPOINTSLICE_MANAGED_BY_LABEL, ENDPOINTSLICE_MANAGER,
+};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::DynamicObject;
@@ -75,7 +77,7 @@ pub async fn apply(
             let labels = e.labels();
             labels.get(DEPLOYMENT_LABEL) == Some(&name)
                 && labels
-                    .get("endpointslice.kubernetes.io/managed-by")
+                    .get(ENDPOINTSLICE_MANAGED_BY_LABEL)
                     .map(String::as_str)
                     == Some(ENDPOINTSLICE_MANAGER)
         })

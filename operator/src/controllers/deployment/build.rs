@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use gogrid_crds::inference_deployment::{NodePlacement, TrafficSplit};
 use gogrid_crds::labels::{
-    APP, DEPLOYMENT_LABEL, ENDPOINTSLICE_MANAGER, MANAGED_BY_LABEL, NAME_LABEL, OPERATOR_MANAGER,
-    SERVICE_ROLE_LABEL, preview_service_name,
+    APP, DEPLOYMENT_LABEL, ENDPOINTSLICE_MANAGED_BY_LABEL, ENDPOINTSLICE_MANAGER, MANAGED_BY_LABEL,
+    NAME_LABEL, OPERATOR_MANAGER, SERVICE_ROLE_LABEL, preview_service_name,
 };
 use gogrid_crds::{GpuNode, InferenceDeployment};
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
@@ -268,7 +268,7 @@ pub fn endpoint_slices(
             let mut labels = child_labels(&name, role);
             labels.insert("kubernetes.io/service-name".into(), service.clone());
             labels.insert(
-                "endpointslice.kubernetes.io/managed-by".into(),
+                ENDPOINTSLICE_MANAGED_BY_LABEL.into(),
                 ENDPOINTSLICE_MANAGER.into(),
             );
             let port = |n: &str, p: i32| EndpointPort {
