@@ -3,11 +3,12 @@
 
 use std::time::Duration;
 
+use futures::{StreamExt, TryStreamExt};
 use gogrid_crds::GpuNode;
 use gogrid_e2e::{client, ctl, is_local_harness, release_namespace, wait_for};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
-use kube::api::{DeleteParams, ListParams};
+use kube::api::{DeleteParams, ListParams, WatchEvent, WatchParams};
 
 const WAIT: Duration = Duration::from_secs(120);
 const GI: i64 = 1 << 30;
@@ -97,13 +98,37 @@ async fn a_node_that_leaves_takes_its_gpunode_with_it() -> anyhow::Result<()> {
         || async { Ok(gpunodes.get_opt(&node).await?.is_none().then_some(())) },
     )
     .await?;
+    // Every status the new agent writes, from its first: none may say the
+    // node has fewer GPUs than its inventory (the operator places on them).
+    let mut events = gpunodes
+        .watch(
+            &WatchParams::default().fields(&format!("metadata.name={node}")),
+            "0",
+        )
+        .await?
+        .boxed();
     let index = node.rsplit('-').next().unwrap_or("3").to_owned();
     ctl(&["node-add", &index])?;
-    wait_for(
-        &format!("GpuNode {node} back with the node"),
-        WAIT,
-        || async { Ok(gpunodes.get_opt(&node).await?) },
-    )
-    .await?;
+    let mut reported = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while let Some(event) = events.try_next().await? {
+            if let WatchEvent::Added(g) | WatchEvent::Modified(g) = event
+                && let Some(s) = g.status.filter(|s| s.agent.is_some())
+            {
+                let with_policy = s.policy.is_some();
+                reported.push(s.gpu_count);
+                if with_policy {
+                    return anyhow::Ok(());
+                }
+            }
+        }
+        anyhow::bail!("the watch of GpuNode {node} ended")
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("GpuNode {node} back with the node and its policy"))??;
+    assert!(
+        reported.iter().all(|&n| n == 2),
+        "every status of the re-added node's GpuNode reports its 2 GPUs: {reported:?}"
+    );
     Ok(())
 }

@@ -54,7 +54,7 @@ impl std::fmt::Debug for NodeRun {
 pub async fn run_node(n: NodeRun) -> anyhow::Result<()> {
     let (policy_tx, policy_rx) = tokio::sync::watch::channel(None);
     let (desired_tx, desired_rx) = tokio::sync::watch::channel(Vec::new());
-    let (outputs, reports) = node::Outputs::channel();
+    let (outputs, reports) = node::Outputs::channel(n.inventory.as_ref());
     let profile_task = sync::profile::follow(
         n.client.clone(),
         n.identity.profile.clone(),

@@ -120,7 +120,7 @@ async fn run_standalone(args: config::ServeArgs) -> anyhow::Result<()> {
         })
         .collect();
     let (_desired_tx, desired_rx) = tokio::sync::watch::channel(desired);
-    let (outputs, reports) = node::Outputs::channel();
+    let (outputs, reports) = node::Outputs::channel(inventory.as_ref());
     let mut pipelines_rx = reports.pipelines;
     let node_task = node::run(
         node::Inputs {

@@ -100,11 +100,19 @@ pub struct Reports {
 }
 
 impl Outputs {
-    /// The node core's outputs, empty, and their receivers.
-    pub fn channel() -> (Self, Reports) {
+    /// The node core's outputs and their receivers: no pipelines, no
+    /// condition, and the GPUs as first read from `inventory`. The first
+    /// GpuNode report (written before the node core binds its servers, which
+    /// is before it reads the inventory again) then carries the node's GPUs,
+    /// not an empty list that says the node has none.
+    pub fn channel(inventory: &dyn Inventory) -> (Self, Reports) {
         let (pipelines, pipelines_rx) = watch::channel(Vec::new());
         let (priority, priority_rx) = watch::channel(None);
-        let (gpus, gpus_rx) = watch::channel(Vec::new());
+        let first = inventory.read().unwrap_or_else(|e| {
+            tracing::warn!(error = format!("{e:#}"), "GPU inventory unreadable");
+            Vec::new()
+        });
+        let (gpus, gpus_rx) = watch::channel(first);
         (
             Self {
                 pipelines,
@@ -287,5 +295,20 @@ pub fn kernels() -> &'static str {
         "cpu-avx2-fma (candle's fast Q4_0/Q8_0/K-quant kernels)"
     } else {
         "cpu-generic (slow quantized kernels: build with -C target-cpu=x86-64-v3)"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::declared::Declared;
+
+    #[test]
+    fn the_gpus_are_reported_as_read_before_the_node_core_runs() {
+        let inventory = Declared::parse("2x24Gi").expect("inventory");
+        let (_outputs, reports) = Outputs::channel(&inventory);
+        let gpus = reports.gpus.borrow();
+        assert_eq!(gpus.len(), 2, "{gpus:?}");
+        assert!(gpus.iter().all(|g| g.memory_total_bytes == 24 << 30));
     }
 }

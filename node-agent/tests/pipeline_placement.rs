@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gogrid_agent::gpu::Inventory;
 use gogrid_agent::gpu::declared::Declared;
 use gogrid_agent::metrics::Metrics;
 use gogrid_agent::node;
@@ -123,7 +124,8 @@ async fn layers_are_placed_over_the_gpus_the_spec_asks_for() {
     ];
     let (_policy_tx, policy_rx) = watch::channel(Some(preset_policy(Preset::Aggressive)));
     let (_desired_tx, desired_rx) = watch::channel(desired);
-    let (outputs, reports) = node::Outputs::channel();
+    let inventory: Arc<dyn Inventory> = Arc::new(Declared::parse("3x1Gi").expect("inventory"));
+    let (outputs, reports) = node::Outputs::channel(inventory.as_ref());
     let mut pipelines_rx = reports.pipelines;
     let listen = node::Listen {
         http: free_port(),
@@ -133,7 +135,7 @@ async fn layers_are_placed_over_the_gpus_the_spec_asks_for() {
     let shutdown = Shutdown::default();
     let core = tokio::spawn(node::run(
         node::Inputs {
-            inventory: Arc::new(Declared::parse("3x1Gi").expect("inventory")),
+            inventory,
             policy: policy_rx,
             desired: desired_rx,
             stats_every: std::time::Duration::from_secs(10),
@@ -222,12 +224,13 @@ async fn a_hollow_node_reports_versions_ready_without_reading_a_model() {
     ];
     let (_policy_tx, policy_rx) = watch::channel(Some(preset_policy(Preset::Aggressive)));
     let (_desired_tx, desired_rx) = watch::channel(desired);
-    let (outputs, reports) = node::Outputs::channel();
+    let inventory: Arc<dyn Inventory> = Arc::new(Declared::parse("3x1Gi").expect("inventory"));
+    let (outputs, reports) = node::Outputs::channel(inventory.as_ref());
     let mut pipelines_rx = reports.pipelines;
     let shutdown = Shutdown::default();
     let core = tokio::spawn(node::run(
         node::Inputs {
-            inventory: Arc::new(Declared::parse("3x1Gi").expect("inventory")),
+            inventory,
             policy: policy_rx,
             desired: desired_rx,
             stats_every: Duration::from_secs(10),
