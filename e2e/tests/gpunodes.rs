@@ -115,9 +115,8 @@ async fn a_node_that_leaves_takes_its_gpunode_with_it() -> anyhow::Result<()> {
             if let WatchEvent::Added(g) | WatchEvent::Modified(g) = event
                 && let Some(s) = g.status.filter(|s| s.agent.is_some())
             {
-                let with_policy = s.policy.is_some();
                 reported.push(s.gpu_count);
-                if with_policy {
+                if s.policy.is_some() {
                     return anyhow::Ok(());
                 }
             }

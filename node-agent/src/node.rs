@@ -108,11 +108,7 @@ impl Outputs {
     pub fn channel(inventory: &dyn Inventory) -> (Self, Reports) {
         let (pipelines, pipelines_rx) = watch::channel(Vec::new());
         let (priority, priority_rx) = watch::channel(None);
-        let first = inventory.read().unwrap_or_else(|e| {
-            tracing::warn!(error = format!("{e:#}"), "GPU inventory unreadable");
-            Vec::new()
-        });
-        let (gpus, gpus_rx) = watch::channel(first);
+        let (gpus, gpus_rx) = watch::channel(read_gpus(inventory));
         (
             Self {
                 pipelines,
@@ -126,6 +122,14 @@ impl Outputs {
             },
         )
     }
+}
+
+/// The node's GPUs, none (with a warning) when the inventory is unreadable.
+fn read_gpus(inventory: &dyn Inventory) -> Vec<GpuInfo> {
+    inventory.read().unwrap_or_else(|e| {
+        tracing::warn!(error = format!("{e:#}"), "GPU inventory unreadable");
+        Vec::new()
+    })
 }
 
 /// Run the node core until shutdown.
@@ -149,7 +153,8 @@ pub async fn run(
         hollow,
     } = inputs;
     let host_memory = host_memory_bytes();
-    let gpus = inventory.read().unwrap_or_default();
+    // The GPUs as `Outputs::channel` read them: one read at start-up.
+    let gpus = gpus_tx.borrow().clone();
     let initial = policy.borrow().clone();
     // The ledger's devices are the node's (host memory without GPUs); their
     // budgets are zero until a policy says otherwise.
@@ -190,13 +195,7 @@ pub async fn run(
             let mut poll = tokio::time::interval(POLL);
             loop {
                 let current = policy.borrow_and_update().clone();
-                let gpus = match inventory.read() {
-                    Ok(gpus) => gpus,
-                    Err(e) => {
-                        tracing::warn!(error = format!("{e:#}"), "GPU inventory unreadable");
-                        Vec::new()
-                    }
-                };
+                let gpus = read_gpus(inventory.as_ref());
                 gpus_tx.send_if_modified(|current| {
                     let changed = *current != gpus;
                     if changed {
