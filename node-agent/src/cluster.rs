@@ -1,24 +1,83 @@
 //! One node's agent in a cluster: follows the node's ResourceProfile and the
 //! InferenceDeployments placed on it, runs the node core (policy, VRAM
 //! ledger, gates, pipelines, servers) and reports the GpuNode. `gogrid-agent
-//! run` runs one; `gogrid-agent hollow` runs many in one process, each with
-//! its own client and watches, through this same code.
+//! run` runs one; `gogrid-agent hollow` runs many in one process through this
+//! same code, each with its own client for its GpuNode, all on the process's
+//! one set of [`Watches`].
 
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::{BoxFuture, FutureExt as _};
 use gogrid_runtime::Shutdown;
 use gogrid_runtime::http::Readiness;
+use tokio::sync::watch;
 
 use crate::config::Identity;
 use crate::gpu::Inventory;
 use crate::metrics::Metrics;
 use crate::{node, sync};
 
+/// The watches every node of a process reads: one of every
+/// InferenceDeployment and one per ResourceProfile named. A real agent has one
+/// node on them, a hollow agent a thousand; either way the API server serves
+/// one agent's watches, not one per node played.
+#[derive(Clone, Debug)]
+pub struct Watches {
+    deployments: sync::deployments::SnapshotFeed,
+    profiles: BTreeMap<String, sync::profile::SpecFeed>,
+}
+
+impl Watches {
+    /// The watches for `profiles` (repeats are watched once), and the future
+    /// that runs them until `shutdown`.
+    pub fn start(
+        client: kube::Client,
+        profiles: impl IntoIterator<Item = String>,
+        shutdown: Shutdown,
+    ) -> (Self, impl Future<Output = anyhow::Result<()>>) {
+        let (deployments_tx, deployments) = watch::channel(None);
+        let mut tasks: Vec<BoxFuture<'static, anyhow::Result<()>>> = vec![
+            sync::deployments::watch_all(client.clone(), deployments_tx, shutdown.clone()).boxed(),
+        ];
+        let mut feeds = BTreeMap::new();
+        for name in profiles {
+            if feeds.contains_key(&name) {
+                continue;
+            }
+            let (tx, rx) = watch::channel(None);
+            tasks.push(
+                sync::profile::watch_named(client.clone(), name.clone(), tx, shutdown.clone())
+                    .boxed(),
+            );
+            feeds.insert(name, rx);
+        }
+        let run = async move {
+            futures::future::try_join_all(tasks).await?;
+            Ok(())
+        };
+        let watches = Self {
+            deployments,
+            profiles: feeds,
+        };
+        (watches, run)
+    }
+
+    /// The feed of `profile`, if it is one of those watched.
+    fn profile(&self, profile: &str) -> Option<(String, sync::profile::SpecFeed)> {
+        let feed = self.profiles.get(profile)?;
+        Some((profile.to_owned(), feed.clone()))
+    }
+}
+
 /// Everything one node's agent runs with.
 pub struct NodeRun {
-    /// Its client (its own connections to the API server).
+    /// Its client (its own connection for its GpuNode).
     pub client: kube::Client,
+    /// The process's watches it reads its profile and deployments from.
+    pub watches: Watches,
     /// Who it is.
     pub identity: Identity,
     /// Its GPUs.
@@ -55,15 +114,19 @@ pub async fn run_node(n: NodeRun) -> anyhow::Result<()> {
     let (policy_tx, policy_rx) = tokio::sync::watch::channel(None);
     let (desired_tx, desired_rx) = tokio::sync::watch::channel(Vec::new());
     let (outputs, reports) = node::Outputs::channel(n.inventory.as_ref());
-    let profile_task = sync::profile::follow(
-        n.client.clone(),
-        n.identity.profile.clone(),
-        policy_tx,
-        n.shutdown.clone(),
-    );
-    let deployments_task = sync::deployments::follow(
-        n.client.clone(),
+    let profile = match n.identity.profile.as_deref() {
+        Some(name) => Some(n.watches.profile(name).ok_or_else(|| {
+            anyhow::anyhow!(
+                "profile {name:?} of node {} is not watched",
+                n.identity.node
+            )
+        })?),
+        None => None,
+    };
+    let profile_task = sync::profile::follow(profile, policy_tx, n.shutdown.clone());
+    let deployments_task = sync::deployments::publish(
         n.identity.node.clone(),
+        n.watches.deployments.clone(),
         desired_tx,
         n.shutdown.clone(),
     );

@@ -1,9 +1,11 @@
 //! `gogrid-agent hollow`: many nodes' agents in one process, as Kubernetes'
-//! kubemark runs "hollow" kubelets: each node has its own client, its own
-//! watches of its profile and deployments, its own policy, VRAM ledger,
-//! traffic split and GpuNode (marked `hollow`), all through
-//! [`crate::cluster::run_node`], the code path of a real agent; only no model
-//! is loaded and no server listens. 1000 nodes fit on one small machine.
+//! kubemark runs "hollow" kubelets: each node has its own client for its
+//! GpuNode (marked `hollow`), its own policy, VRAM ledger and traffic split,
+//! all through [`crate::cluster::run_node`], the code path of a real agent;
+//! only no model is loaded and no server listens. The nodes read the
+//! process's one InferenceDeployment watch and one watch per profile
+//! ([`crate::cluster::Watches`], what a real agent reads with one node on
+//! them), so 1000 nodes cost the API server a few watches, not 2000.
 //!
 //! `/hollow/splits` answers, for every node, when each deployment's traffic
 //! split last changed there (Unix seconds): the scale bench reads it to time
@@ -18,7 +20,7 @@ use gogrid_runtime::Shutdown;
 use gogrid_runtime::http::{self as probes, Readiness};
 use serde::Deserialize;
 
-use crate::cluster::{NodeRun, run_node};
+use crate::cluster::{NodeRun, Watches, run_node};
 use crate::config::{HollowArgs, Identity};
 use crate::metrics::Metrics;
 
@@ -51,6 +53,20 @@ pub async fn run(args: HollowArgs) -> anyhow::Result<()> {
     let shutdown = Shutdown::on_signals();
     let mut tasks = tokio::task::JoinSet::new();
     let mut played: Vec<(String, Arc<Metrics>, Readiness)> = Vec::with_capacity(nodes.len());
+    let watch_client = gogrid_runtime::kube_client::client(
+        "gogrid-agent-hollow",
+        &format!("watches of {} nodes", nodes.len()),
+    )
+    .await
+    .context("building a Kubernetes client")?;
+    let (watches, watch_task) = Watches::start(
+        watch_client,
+        nodes
+            .iter()
+            .filter_map(|n| n.profile.clone())
+            .collect::<Vec<_>>(),
+        shutdown.clone(),
+    );
     for n in nodes {
         let inventory: Arc<dyn crate::gpu::Inventory> =
             crate::gpu::from_args(Some(&args.simulate_gpus))
@@ -64,6 +80,7 @@ pub async fn run(args: HollowArgs) -> anyhow::Result<()> {
         played.push((n.node.clone(), metrics.clone(), ready.clone()));
         let run = NodeRun {
             client,
+            watches: watches.clone(),
             identity: Identity {
                 node: n.node,
                 pod: n.pod,
@@ -127,7 +144,7 @@ pub async fn run(args: HollowArgs) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     };
-    tokio::try_join!(http, nodes)?;
+    tokio::try_join!(watch_task, http, nodes)?;
     tracing::info!("hollow agent shut down cleanly");
     Ok(())
 }

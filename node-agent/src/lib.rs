@@ -63,8 +63,11 @@ async fn run_in_cluster(args: config::RunArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::Metrics::default());
     let ready = http::Readiness::default();
     let auth = args.metrics_auth.build(&client);
+    let (watches, watch_task) =
+        cluster::Watches::start(client.clone(), args.profile.clone(), shutdown.clone());
     let node_task = cluster::run_node(cluster::NodeRun {
         client,
+        watches,
         identity: args.identity(),
         inventory,
         listen: Some(node::Listen {
@@ -81,7 +84,7 @@ async fn run_in_cluster(args: config::RunArgs) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
     });
     let http_task = http::serve(args.metrics_addr, metrics, ready, auth, shutdown.clone());
-    tokio::try_join!(node_task, http_task, drain_task)?;
+    tokio::try_join!(watch_task, node_task, http_task, drain_task)?;
     tracing::info!("agent shut down cleanly");
     Ok(())
 }

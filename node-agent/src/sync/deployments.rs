@@ -1,9 +1,13 @@
 //! Which model versions this node must serve: the InferenceDeployments whose
 //! placement names the node, with the traffic split the operator put in their
-//! status. A pure index fed by a watch, handed on through a watch channel.
+//! status. One watch per process ([`watch_all`]) feeds an index by node to
+//! each node's [`publish`], which hands its deployments on through a watch
+//! channel: a hollow agent playing 1000 nodes opens one watch, as one real
+//! agent does.
 
 use std::borrow::Borrow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use futures::{FutureExt as _, StreamExt};
 use gogrid_crds::inference_deployment::{ModelSpec, TrafficSplit};
@@ -182,12 +186,42 @@ fn step<E: std::fmt::Display>(
     }
 }
 
-/// Watch InferenceDeployments in every namespace and publish those placed on
-/// `node` until shutdown.
-pub async fn follow(
+/// Every InferenceDeployment that has a placement, by the nodes it names: what
+/// the one watch of a process hands its nodes. Indexed once per change, so a
+/// process playing N nodes pays for the index once, not N scans of the
+/// cluster's deployments.
+pub type Snapshot = Arc<HashMap<String, Vec<Arc<InferenceDeployment>>>>;
+
+/// The sending side of the one InferenceDeployment watch: `None` until the
+/// first list is complete.
+pub type SnapshotSender = watch::Sender<Option<Snapshot>>;
+
+/// The receiving side: what each node's [`publish`] reads.
+pub type SnapshotFeed = watch::Receiver<Option<Snapshot>>;
+
+/// `all`, by the nodes their placement names.
+pub fn by_node(all: &[Arc<InferenceDeployment>]) -> HashMap<String, Vec<Arc<InferenceDeployment>>> {
+    let mut out: HashMap<String, Vec<Arc<InferenceDeployment>>> = HashMap::new();
+    for infd in all {
+        let Some(status) = infd.status.as_ref() else {
+            continue;
+        };
+        let mut nodes: Vec<&str> = status.placement.iter().map(|p| p.node.as_str()).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        for node in nodes {
+            out.entry(node.to_owned()).or_default().push(infd.clone());
+        }
+    }
+    out
+}
+
+/// Watch InferenceDeployments in every namespace and hand on a [`Snapshot`]
+/// after the initial list and after every burst of changes, until shutdown.
+/// A process runs one, whatever the number of nodes it plays.
+pub async fn watch_all(
     client: kube::Client,
-    node: String,
-    tx: watch::Sender<Vec<Desired>>,
+    tx: SnapshotSender,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let api: Api<InferenceDeployment> = Api::all(client);
@@ -210,7 +244,7 @@ pub async fn follow(
             },
             _ = shutdown.wait() => return Ok(()),
         };
-        // Take what has already arrived too, then compute once.
+        // Take what has already arrived too, then index once.
         for _ in 0..COALESCE {
             let Some(event) = stream.next().now_or_never() else {
                 break;
@@ -224,14 +258,38 @@ pub async fn follow(
         if !changed || listing {
             continue;
         }
-        let desired = placed_on(&node, &reader.state());
-        tx.send_if_modified(|current| {
-            if *current == desired {
-                return false;
-            }
-            *current = desired;
-            true
-        });
+        tx.send_replace(Some(Arc::new(by_node(&reader.state()))));
+    }
+}
+
+/// Publish the deployments placed on `node`, from each snapshot `feed`
+/// hands on, whenever they differ from the last published, until shutdown.
+pub async fn publish(
+    node: String,
+    mut feed: SnapshotFeed,
+    tx: watch::Sender<Vec<Desired>>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    loop {
+        let snapshot = feed.borrow_and_update().clone();
+        if let Some(snapshot) = snapshot {
+            let here = snapshot.get(&node).map_or(&[][..], Vec::as_slice);
+            let desired = placed_on(&node, here);
+            tx.send_if_modified(|current| {
+                if *current == desired {
+                    return false;
+                }
+                *current = desired;
+                true
+            });
+        }
+        tokio::select! {
+            changed = feed.changed() => if changed.is_err() {
+                // The watch ended (shutdown): nothing more will come.
+                return Ok(());
+            },
+            _ = shutdown.wait() => return Ok(()),
+        }
     }
 }
 
@@ -266,6 +324,51 @@ mod tests {
             ..Default::default()
         });
         d
+    }
+
+    #[tokio::test]
+    async fn one_snapshot_feeds_every_node_its_own_deployments() {
+        let (feed_tx, feed) = watch::channel(None);
+        let shutdown = Shutdown::default();
+        let mut nodes = Vec::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        for node in ["n1", "n2", "n3"] {
+            let (tx, rx) = watch::channel(Vec::new());
+            tasks.spawn(publish(node.into(), feed.clone(), tx, shutdown.clone()));
+            nodes.push(rx);
+        }
+        let names = |rx: &watch::Receiver<Vec<Desired>>| -> Vec<String> {
+            rx.borrow().iter().map(|d| d.key.name.clone()).collect()
+        };
+        let all = [
+            Arc::new(infd("a", &["n1", "n2", "n1"], None)),
+            Arc::new(infd("b", &["n2"], None)),
+        ];
+        feed_tx.send_replace(Some(Arc::new(by_node(&all))));
+        for rx in &mut nodes[..2] {
+            rx.changed().await.expect("published");
+        }
+        assert_eq!(names(&nodes[0]), ["a"], "a listed twice is desired once");
+        assert_eq!(names(&nodes[1]), ["a", "b"]);
+        assert_eq!(names(&nodes[2]), Vec::<String>::new());
+        // `a` moves off n1: n1 is told, n2 keeps both without a new publish.
+        nodes[1].mark_unchanged();
+        let all = [
+            Arc::new(infd("a", &["n2"], None)),
+            Arc::new(infd("b", &["n2"], None)),
+        ];
+        feed_tx.send_replace(Some(Arc::new(by_node(&all))));
+        nodes[0].changed().await.expect("published");
+        assert_eq!(names(&nodes[0]), Vec::<String>::new());
+        tokio::task::yield_now().await;
+        assert!(
+            !nodes[1].has_changed().expect("open"),
+            "an unchanged node is not woken"
+        );
+        shutdown.trigger();
+        while let Some(done) = tasks.join_next().await {
+            done.expect("task").expect("publish");
+        }
     }
 
     #[test]
