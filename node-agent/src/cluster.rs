@@ -6,6 +6,7 @@
 //! one set of [`Watches`].
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,15 +45,17 @@ impl Watches {
         ];
         let mut feeds = BTreeMap::new();
         for name in profiles {
-            if feeds.contains_key(&name) {
-                continue;
+            if let Entry::Vacant(slot) = feeds.entry(name) {
+                let (tx, rx) = watch::channel(None);
+                let watch = sync::profile::watch_named(
+                    client.clone(),
+                    slot.key().clone(),
+                    tx,
+                    shutdown.clone(),
+                );
+                tasks.push(watch.boxed());
+                slot.insert(rx);
             }
-            let (tx, rx) = watch::channel(None);
-            tasks.push(
-                sync::profile::watch_named(client.clone(), name.clone(), tx, shutdown.clone())
-                    .boxed(),
-            );
-            feeds.insert(name, rx);
         }
         let run = async move {
             futures::future::try_join_all(tasks).await?;
@@ -65,10 +68,17 @@ impl Watches {
         (watches, run)
     }
 
-    /// The feed of `profile`, if it is one of those watched.
-    fn profile(&self, profile: &str) -> Option<(String, sync::profile::SpecFeed)> {
-        let feed = self.profiles.get(profile)?;
-        Some((profile.to_owned(), feed.clone()))
+    /// The feed of `profile`, which `node` follows.
+    fn profile(
+        &self,
+        profile: &str,
+        node: &str,
+    ) -> anyhow::Result<(String, sync::profile::SpecFeed)> {
+        let feed = self
+            .profiles
+            .get(profile)
+            .ok_or_else(|| anyhow::anyhow!("profile {profile:?} of node {node} is not watched"))?;
+        Ok((profile.to_owned(), feed.clone()))
     }
 }
 
@@ -114,15 +124,12 @@ pub async fn run_node(n: NodeRun) -> anyhow::Result<()> {
     let (policy_tx, policy_rx) = tokio::sync::watch::channel(None);
     let (desired_tx, desired_rx) = tokio::sync::watch::channel(Vec::new());
     let (outputs, reports) = node::Outputs::channel(n.inventory.as_ref());
-    let profile = match n.identity.profile.as_deref() {
-        Some(name) => Some(n.watches.profile(name).ok_or_else(|| {
-            anyhow::anyhow!(
-                "profile {name:?} of node {} is not watched",
-                n.identity.node
-            )
-        })?),
-        None => None,
-    };
+    let profile = n
+        .identity
+        .profile
+        .as_deref()
+        .map(|name| n.watches.profile(name, &n.identity.node))
+        .transpose()?;
     let profile_task = sync::profile::follow(profile, policy_tx, n.shutdown.clone());
     let deployments_task = sync::deployments::publish(
         n.identity.node.clone(),

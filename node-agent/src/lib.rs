@@ -1,6 +1,7 @@
 //! The GoGrid node agent: discovers the node's GPUs, resolves and applies its
 //! ResourceProfile's policy, and reports both in the node's GpuNode.
 
+pub mod channel;
 pub mod cluster;
 pub mod config;
 pub mod gpu;

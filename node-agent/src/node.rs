@@ -16,6 +16,7 @@ use gogrid_runtime::Shutdown;
 use gogrid_serve::{BatchPolicy, Limits, Registry, ServeState};
 use tokio::sync::watch;
 
+use crate::channel::send_if_changed;
 use crate::gpu::{Inventory, none::host_memory_bytes};
 use crate::metrics::Metrics;
 use crate::pipeline::admission::{ADMISSION_DEADLINE, GateAdmission};
@@ -196,22 +197,11 @@ pub async fn run(
             loop {
                 let current = policy.borrow_and_update().clone();
                 let gpus = read_gpus(inventory.as_ref());
-                gpus_tx.send_if_modified(|current| {
-                    let changed = *current != gpus;
-                    if changed {
-                        current.clone_from(&gpus);
-                    }
-                    changed
-                });
+                send_if_changed(&gpus_tx, &gpus);
                 ledger.apply_budget(&budgets(&gpus, host_memory, current.as_ref()));
                 if let Some(p) = &current {
                     gates.update(p);
-                    batch_tx.send_if_modified(|b| {
-                        let next = batch_policy(p);
-                        let changed = *b != next;
-                        *b = next;
-                        changed
-                    });
+                    send_if_changed(&batch_tx, &batch_policy(p));
                     backoff.update(p.adaptive.as_ref());
                     let others = gpus
                         .iter()

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use super::admission::{Footprint, GateAdmission};
 use super::backend::ModelBackend;
 use super::split::WeightedSplit;
+use crate::channel::send_if_changed;
 use crate::gpu::Inventory;
 use crate::policy::ledger::{Device, Ledger, Reservation, Use};
 use crate::sync::deployments::{DeploymentKey, Desired};
@@ -624,13 +625,7 @@ impl Manager {
             })
             .chain(refused)
             .collect();
-        self.status.send_if_modified(|current| {
-            if *current == pipelines {
-                return false;
-            }
-            *current = pipelines;
-            true
-        });
+        send_if_changed(&self.status, &pipelines);
     }
 }
 

@@ -18,6 +18,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use tokio::sync::watch;
 
+use crate::channel::send_if_changed;
+
 /// A deployment, by namespace and name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DeploymentKey {
@@ -274,14 +276,7 @@ pub async fn publish(
         let snapshot = feed.borrow_and_update().clone();
         if let Some(snapshot) = snapshot {
             let here = snapshot.get(&node).map_or(&[][..], Vec::as_slice);
-            let desired = placed_on(&node, here);
-            tx.send_if_modified(|current| {
-                if *current == desired {
-                    return false;
-                }
-                *current = desired;
-                true
-            });
+            send_if_changed(&tx, &placed_on(&node, here));
         }
         tokio::select! {
             changed = feed.changed() => if changed.is_err() {

@@ -12,6 +12,8 @@ use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
 
+use crate::channel::send_if_changed;
+
 /// The policy in force, `None` while the profile is absent. An invalid profile
 /// keeps the last policy that resolved.
 pub type PolicySender = watch::Sender<Option<EffectivePolicy>>;
@@ -116,14 +118,7 @@ fn publish(tx: &PolicySender, profile: Option<&ResourceProfileSpec>, name: &str)
     };
     match effective_policy(profile, jiff::Timestamp::now()) {
         Ok(policy) => {
-            let changed = tx.send_if_modified(|current| {
-                if current.as_ref() == Some(&policy) {
-                    return false;
-                }
-                *current = Some(policy.clone());
-                true
-            });
-            if changed {
+            if send_if_changed(tx, &Some(policy.clone())) {
                 tracing::info!(profile = %name, preset = policy.preset_in_force.as_str(), window = policy.window.as_deref(), "policy in force");
             }
         }
