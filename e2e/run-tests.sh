@@ -51,7 +51,15 @@ in_cp() { ip netns exec gg-cp env GOGRID_E2E_HELM="$helm" GOGRID_E2E_KUBECTL=kub
 run_test() { # <name> [env...]
   local name=$1; shift
   step "e2e test $name"
-  in_cp "$@" cargo test --locked --offline -p gogrid-e2e --test "$name" -- --test-threads=1
+  if ! in_cp "$@" cargo test --locked --offline -p gogrid-e2e --test "$name" -- --test-threads=1; then
+    step "e2e test $name failed; the operator's and agents' last warnings and lines"
+    for log in e2e/.run/logs/operator.log e2e/.run/logs/agent-*.log; do
+      [ -f "$log" ] || continue
+      echo "--- $log"
+      { grep -E ' (WARN|ERROR) ' "$log" | tail -n 10; tail -n 10 "$log"; } | cut -c1-400
+    done
+    return 1
+  fi
 }
 
 step "starting a fresh cluster"

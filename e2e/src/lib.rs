@@ -198,6 +198,32 @@ impl TestNamespace {
             .map(|_| ())
             .with_context(|| format!("deleting namespace {}", self.name))
     }
+
+    /// [`TestNamespace::cleanup`], then wait until the namespace is gone and
+    /// no agent loads anything of it: the next test starts on a cluster this
+    /// one no longer loads (a hundred deployments torn down behind it share
+    /// the agents and the API server with it).
+    pub async fn cleanup_and_wait(self, client: &kube::Client) -> anyhow::Result<()> {
+        use k8s_openapi::api::core::v1::Namespace;
+        let name = self.name.clone();
+        self.cleanup(client).await?;
+        let namespaces: kube::Api<Namespace> = kube::Api::all(client.clone());
+        let gpunodes: kube::Api<gogrid_crds::GpuNode> = kube::Api::all(client.clone());
+        let what = format!("namespace {name} gone and unloaded by every agent");
+        wait_for(&what, Duration::from_secs(240), || async {
+            let left = namespaces.get_opt(&name).await?.is_some();
+            let loaded = gpunodes
+                .list(&Default::default())
+                .await?
+                .items
+                .iter()
+                .flat_map(|g| g.status.iter().flat_map(|s| &s.pipelines))
+                .filter(|p| p.namespace == name)
+                .count();
+            Ok((!left && loaded == 0).then_some(()))
+        })
+        .await
+    }
 }
 
 /// Set (or with `None` remove) a label on a node.
@@ -294,7 +320,7 @@ pub async fn wait_for_split(
         Some(w) => format!("{nodes} agents routing {w}% to {version} of {ns}/{name}"),
         None => format!("{version} of {ns}/{name} unloaded on every agent"),
     };
-    wait_for(&what, timeout, || async {
+    let waited = wait_for(&what, timeout, || async {
         let reported = pipelines_of(client, ns, name, version).await?;
         let ok = match weight {
             Some(w) => reported.len() == nodes && reported.iter().all(|p| p.ready && p.weight == w),
@@ -302,7 +328,58 @@ pub async fn wait_for_split(
         };
         Ok(ok.then_some(()))
     })
-    .await
+    .await;
+    match waited {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let seen = what_agents_report(client, ns, name)
+                .await
+                .unwrap_or_else(|e| format!("(reading it failed: {e:#})"));
+            Err(e.context(format!("what the cluster reports for {ns}/{name}:\n{seen}")))
+        }
+    }
+}
+
+/// The deployment's status (placement, split, conditions) and every agent's
+/// pipelines of it: what a timed-out wait saw last.
+async fn what_agents_report(client: &kube::Client, ns: &str, name: &str) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let infd: kube::Api<gogrid_crds::InferenceDeployment> =
+        kube::Api::namespaced(client.clone(), ns);
+    match infd.get_opt(name).await?.and_then(|d| d.status) {
+        Some(s) => {
+            let placed: Vec<&str> = s.placement.iter().map(|p| p.node.as_str()).collect();
+            writeln!(out, "  placement: {placed:?}")?;
+            writeln!(out, "  traffic: {:?}", s.traffic)?;
+            for c in &s.conditions {
+                writeln!(
+                    out,
+                    "  condition {}={} {}: {}",
+                    c.type_, c.status, c.reason, c.message
+                )?;
+            }
+        }
+        None => writeln!(out, "  no status")?,
+    }
+    let gpunodes: kube::Api<gogrid_crds::GpuNode> = kube::Api::all(client.clone());
+    for g in gpunodes.list(&Default::default()).await?.items {
+        let node = g.metadata.name.clone().unwrap_or_default();
+        let pipelines: Vec<String> = g
+            .status
+            .iter()
+            .flat_map(|s| &s.pipelines)
+            .filter(|p| p.namespace == ns && p.deployment == name)
+            .map(|p| {
+                format!(
+                    "{} ready={} weight={} reason={:?} message={:?}",
+                    p.version, p.ready, p.weight, p.reason, p.message
+                )
+            })
+            .collect();
+        writeln!(out, "  {node}: {pipelines:?}")?;
+    }
+    Ok(out)
 }
 
 /// A BERT model directory whose safetensors file declares one 24 GB tensor

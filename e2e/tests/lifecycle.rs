@@ -256,7 +256,7 @@ async fn a_hundred_deployments_become_ready_and_an_idle_cluster_writes_nothing()
         "the operator wrote while nothing changed: {operator:?}"
     );
     assert_no_spec_writes(since)?;
-    ns.cleanup(&client).await
+    ns.cleanup_and_wait(&client).await
 }
 
 /// Admitted batches of every GPU of the agent at `url`.

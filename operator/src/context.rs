@@ -2,13 +2,18 @@
 //! metrics, Event reporter, read caches and per-object backoff.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use futures::{FutureExt as _, StreamExt as _};
+use gogrid_crds::labels::DEPLOYMENT_LABEL;
 use gogrid_crds::{GpuNode, InferenceDeployment, ResourceProfile};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::reflector::Store;
+use kube::api::{ApiResource, DynamicObject};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::OperatorConfig;
 use crate::events::EventReporter;
@@ -29,6 +34,8 @@ pub struct Stores {
     pub services: Store<Service>,
     /// The EndpointSlices of the deployments (label `gogrid.io/deployment`).
     pub slices: Store<EndpointSlice>,
+    /// The ServiceMonitors of the deployments, once the kind is served.
+    pub service_monitors: ServiceMonitors,
 }
 
 impl Stores {
@@ -55,7 +62,94 @@ impl Stores {
             deployments: store().0,
             services: store().0,
             slices: store().0,
+            service_monitors: ServiceMonitors::new(
+                crate::fixtures::FakeApi::default().client(),
+                CancellationToken::new(),
+            ),
         }
+    }
+}
+
+/// The ServiceMonitors the operator made (label `gogrid.io/deployment`), from
+/// a watch that starts the first time a reconcile finds the kind served: the
+/// Prometheus Operator may be installed after GoGrid, and a watch of a kind
+/// the API server does not serve would fail and retry for as long as it is
+/// missing. Until the watch holds its first list, a reconcile reads the one
+/// ServiceMonitor it needs; after, none (at 1000 deployments the periodic
+/// resync read 33 of them a second).
+#[derive(Clone)]
+pub struct ServiceMonitors {
+    client: kube::Client,
+    stop: CancellationToken,
+    store: Arc<OnceLock<Store<DynamicObject>>>,
+}
+
+impl std::fmt::Debug for ServiceMonitors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceMonitors")
+            .field("watching", &self.store.get().is_some())
+            .field("cached", &self.cached())
+            .finish()
+    }
+}
+
+impl ServiceMonitors {
+    /// A cache whose watch (with `client`, until `stop`) has not started.
+    pub fn new(client: kube::Client, stop: CancellationToken) -> Self {
+        Self {
+            client,
+            stop,
+            store: Arc::default(),
+        }
+    }
+
+    /// The cache once it holds its first list; starts the watch of
+    /// `resource` on the first call. Call only once the kind is served.
+    pub fn filled(&self, resource: &ApiResource) -> Option<&Store<DynamicObject>> {
+        let store = self.store.get_or_init(|| self.watch(resource));
+        matches!(store.wait_until_ready().now_or_never(), Some(Ok(()))).then_some(store)
+    }
+
+    fn watch(&self, resource: &ApiResource) -> Store<DynamicObject> {
+        let writer = reflector::store::Writer::new(resource.clone());
+        let reader = writer.as_reader();
+        let api = kube::Api::<DynamicObject>::all_with(self.client.clone(), resource);
+        let stream = watcher(
+            api,
+            crate::controllers::watcher_config().labels(DEPLOYMENT_LABEL),
+        )
+        .backoff(gogrid_runtime::kube_client::watch_backoff())
+        .modify(gogrid_runtime::kube_client::without_managed_fields)
+        .reflect(writer)
+        .for_each(|_| futures::future::ready(()));
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stream => {}
+                () = stop.cancelled() => {}
+            }
+        });
+        reader
+    }
+
+    /// A cache already filled with `monitors`, as its watch would leave it.
+    #[cfg(test)]
+    pub fn filled_with(client: kube::Client, monitors: Vec<DynamicObject>) -> Self {
+        let resource = crate::controllers::deployment::build::service_monitor_resource();
+        let mut writer = reflector::store::Writer::new(resource);
+        writer.apply_watcher_event(&watcher::Event::Init);
+        for m in monitors {
+            writer.apply_watcher_event(&watcher::Event::InitApply(m));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        let this = Self::new(client, CancellationToken::new());
+        let _ = this.store.set(writer.as_reader());
+        this
+    }
+
+    /// How many ServiceMonitors the cache holds (0 before its watch starts).
+    pub fn cached(&self) -> usize {
+        self.store.get().map_or(0, Store::len)
     }
 }
 
@@ -68,6 +162,7 @@ impl std::fmt::Debug for Stores {
             .field("deployments", &self.deployments.len())
             .field("services", &self.services.len())
             .field("slices", &self.slices.len())
+            .field("service_monitors", &self.service_monitors.cached())
             .finish()
     }
 }
@@ -133,6 +228,16 @@ impl Context {
             backoff: Arc::default(),
             service_monitor_served: Arc::new(Mutex::new(Some((Instant::now(), false)))),
         }
+    }
+
+    /// The test twin of an API server that serves ServiceMonitors.
+    #[cfg(test)]
+    pub fn serving_service_monitors(self) -> Self {
+        *self
+            .service_monitor_served
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), true));
+        self
     }
 
     /// The read caches. Controllers only run once they exist.

@@ -54,6 +54,11 @@ impl FakeApi {
             .collect()
     }
 
+    /// Every request seen so far ("GET /api/...", "PATCH /api/...").
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().expect("lock").clone()
+    }
+
     /// Forget the requests seen so far.
     pub fn clear_requests(&self) {
         self.requests.lock().expect("lock").clear();

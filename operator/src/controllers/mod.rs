@@ -298,6 +298,7 @@ pub async fn run(
         deployments: deployments.start(Api::all(client.clone()), all, slim, &stop),
         services: services.start(Api::all(client.clone()), DEPLOYMENT_LABEL, slim, &stop),
         slices: slices.start(Api::all(client.clone()), DEPLOYMENT_LABEL, slim, &stop),
+        service_monitors: crate::context::ServiceMonitors::new(client.clone(), stop.clone()),
     };
     ctx.stores = Some(stores.clone());
     let shutdown = {

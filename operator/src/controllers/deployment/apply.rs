@@ -109,9 +109,14 @@ pub async fn apply(
         .await
         .map_err(Error::kube("discovering monitoring.coreos.com".to_owned()))?;
     if served {
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(ctx.client.clone(), &ns, &build::service_monitor_resource());
-        let existing = ssa::get_opt(&api, &name).await?;
+        let resource = build::service_monitor_resource();
+        let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &resource);
+        let existing = match stores.service_monitors.filled(&resource) {
+            Some(cache) => cache
+                .get(&ObjectRef::new_with(&name, resource.clone()).within(&ns))
+                .map(|m| (*m).clone()),
+            None => ssa::get_opt(&api, &name).await?,
+        };
         let changed = match &children.service_monitor {
             Some(desired) => ssa::apply(&api, desired, existing.as_ref()).await?,
             None => ssa::delete_if_present(&api, existing.as_ref()).await?,

@@ -566,6 +566,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn with_service_monitors_cached_a_resync_reads_none_from_the_api_server() {
+        const SM: &str = "/apis/monitoring.coreos.com/v1/namespaces/team-a/servicemonitors/chat";
+        let mut infd = build::tests::deployment("chat");
+        let api = FakeApi::default();
+        api.put(INFD, serde_json::to_value(&infd).expect("json"));
+        let heartbeat = jiff::Timestamp::now().to_string();
+        let monitors = |api: &FakeApi| {
+            let cached = api.get(SM).into_iter().map(|m| {
+                let mut m: kube::api::DynamicObject = serde_json::from_value(m).expect("a monitor");
+                m.metadata.namespace = Some("team-a".into());
+                m
+            });
+            crate::context::ServiceMonitors::filled_with(api.client(), cached.collect())
+        };
+        let cached = Stores {
+            service_monitors: monitors(&api),
+            ..stores(&infd, &heartbeat)
+        };
+        let ctx = Context::for_tests(api.client(), cached).serving_service_monitors();
+        reconcile(Arc::new(infd.clone()), Arc::new(ctx))
+            .await
+            .expect("first reconcile");
+        assert!(
+            api.writes().contains(&format!("PATCH {SM}")),
+            "the first pass creates the ServiceMonitor: {:?}",
+            api.writes()
+        );
+        assert!(
+            !api.requests().contains(&format!("GET {SM}")),
+            "what exists is read from the cache"
+        );
+
+        infd.status = serde_json::from_value(api.get(INFD).expect("status")["status"].clone())
+            .expect("status");
+        api.clear_requests();
+        let cached = Stores {
+            service_monitors: monitors(&api),
+            ..with_children(stores(&infd, &heartbeat), &api)
+        };
+        let ctx = Context::for_tests(api.client(), cached).serving_service_monitors();
+        reconcile(Arc::new(infd), Arc::new(ctx))
+            .await
+            .expect("second reconcile");
+        assert_eq!(
+            api.requests(),
+            Vec::<String>::new(),
+            "a resync of a deployment whose children are as wanted sends no request"
+        );
+    }
+
+    #[tokio::test]
     async fn an_invalid_edit_leaves_the_serving_children_alone_and_says_why() {
         let mut infd = build::tests::deployment("chat");
         let api = FakeApi::default();
