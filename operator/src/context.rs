@@ -11,8 +11,8 @@ use gogrid_crds::{GpuNode, InferenceDeployment, ResourceProfile};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ApiResource, DynamicObject};
+use kube::runtime::WatchStreamExt as _;
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt as _, watcher};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::OperatorConfig;
@@ -114,21 +114,11 @@ impl ServiceMonitors {
         let writer = reflector::store::Writer::new(resource.clone());
         let reader = writer.as_reader();
         let api = kube::Api::<DynamicObject>::all_with(self.client.clone(), resource);
-        let stream = watcher(
-            api,
-            crate::controllers::watcher_config().labels(DEPLOYMENT_LABEL),
-        )
-        .backoff(gogrid_runtime::kube_client::watch_backoff())
-        .modify(gogrid_runtime::kube_client::without_managed_fields)
-        .reflect(writer)
-        .for_each(|_| futures::future::ready(()));
-        let stop = self.stop.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                () = stream => {}
-                () = stop.cancelled() => {}
-            }
-        });
+        let stream = crate::controllers::watch_selected(api, DEPLOYMENT_LABEL)
+            .modify(gogrid_runtime::kube_client::without_managed_fields)
+            .reflect(writer)
+            .for_each(|_| futures::future::ready(()));
+        crate::controllers::spawn_until(stream, &self.stop);
         reader
     }
 
@@ -136,12 +126,13 @@ impl ServiceMonitors {
     #[cfg(test)]
     pub fn filled_with(client: kube::Client, monitors: Vec<DynamicObject>) -> Self {
         let resource = crate::controllers::deployment::build::service_monitor_resource();
+        use kube::runtime::watcher::Event;
         let mut writer = reflector::store::Writer::new(resource);
-        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&Event::Init);
         for m in monitors {
-            writer.apply_watcher_event(&watcher::Event::InitApply(m));
+            writer.apply_watcher_event(&Event::InitApply(m));
         }
-        writer.apply_watcher_event(&watcher::Event::InitDone);
+        writer.apply_watcher_event(&Event::InitDone);
         let this = Self::new(client, CancellationToken::new());
         let _ = this.store.set(writer.as_reader());
         this

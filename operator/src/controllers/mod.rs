@@ -133,7 +133,7 @@ where
 
 /// [`watch`] of the objects that the label selector `labels` selects (all
 /// of them with `""`).
-fn watch_selected<K>(
+pub(crate) fn watch_selected<K>(
     api: Api<K>,
     labels: &str,
 ) -> impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send + use<K>
@@ -197,15 +197,23 @@ where
             .modify(trim)
             .reflect_shared(self.writer)
             .for_each(|_| future::ready(()));
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = stream => {}
-                _ = stop.cancelled() => {}
-            }
-        });
+        spawn_until(stream, stop);
         self.reader
     }
+}
+
+/// Run `task` in the background until it ends or `stop` fires.
+pub(crate) fn spawn_until(
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+    stop: &CancellationToken,
+) {
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = task => {}
+            () = stop.cancelled() => {}
+        }
+    });
 }
 
 /// The shared watches' subscriptions, one per controller that follows a kind.

@@ -573,11 +573,10 @@ mod tests {
         api.put(INFD, serde_json::to_value(&infd).expect("json"));
         let heartbeat = jiff::Timestamp::now().to_string();
         let monitors = |api: &FakeApi| {
-            let cached = api.get(SM).into_iter().map(|m| {
-                let mut m: kube::api::DynamicObject = serde_json::from_value(m).expect("a monitor");
-                m.metadata.namespace = Some("team-a".into());
-                m
-            });
+            let cached = api
+                .get(SM)
+                .into_iter()
+                .map(|m| serde_json::from_value(m).expect("a monitor"));
             crate::context::ServiceMonitors::filled_with(api.client(), cached.collect())
         };
         let cached = Stores {
